@@ -1,0 +1,42 @@
+# Every target creates and reuses .venv and builds what it needs.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+EXT    := agent/_scrypt$(shell $(PYTHON) -c "import sysconfig;print(sysconfig.get_config_var('EXT_SUFFIX'))")
+CSRC   := $(wildcard cext/*.c cext/*.h)
+
+.PHONY: all venv build test lint demo bench fuzz clean
+
+all: build
+
+$(VENV)/.stamp: setup.cfg setup.py pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test,bench]'
+	touch $@
+
+venv: $(VENV)/.stamp
+
+$(EXT): $(VENV)/.stamp $(CSRC) setup.py
+	$(PY) setup.py -q build_ext --inplace
+
+build: $(EXT)
+
+lint: build
+	$(VENV)/bin/ruff check agent tests bench
+
+test: build lint
+	$(PY) -m pytest -q -ra tests
+
+demo: build
+	$(PY) -m agent demo
+
+bench: build
+	$(PY) bench/run.py
+
+fuzz: build
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests -k "property or fuzz or hostile"
+
+clean:
+	rm -rf build *.egg-info agent/_scrypt*.so bench/out

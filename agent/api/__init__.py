@@ -1,0 +1,3 @@
+"""What people and fleet tools see: status page, JSON, /metrics, cgminer API on 4028.
+
+Surfaces read agent.state only; they never reach into drivers."""
