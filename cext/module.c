@@ -1,0 +1,285 @@
+/* agent._scrypt: the Python face of the C core. Arguments are checked here, with errors that
+ * name what was wrong; hashing runs with the GIL released. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "scrypt_core.h"
+#include "sha256.h"
+
+#define MAX_SCAN_COUNT (1ULL << 32) /* the whole nonce space */
+#define MAX_SCRYPT_MEM (1ULL << 32) /* bytes of V that general scrypt may allocate */
+
+static const scrypt_backend *active;
+
+static int backend_usable(const scrypt_backend *b) { return b->available(); }
+
+static const scrypt_backend *find_backend(const char *name)
+{
+    size_t n;
+    const scrypt_backend *all = scrypt_backends(&n);
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(all[i].name, name) == 0 && backend_usable(&all[i]))
+            return &all[i];
+    return NULL;
+}
+
+static PyObject *usable_names(void)
+{
+    size_t n;
+    const scrypt_backend *all = scrypt_backends(&n);
+    PyObject *list = PyList_New(0);
+    if (list == NULL)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (!backend_usable(&all[i]))
+            continue;
+        PyObject *s = PyUnicode_FromString(all[i].name);
+        if (s == NULL || PyList_Append(list, s) < 0) {
+            Py_XDECREF(s);
+            Py_DECREF(list);
+            return NULL;
+        }
+        Py_DECREF(s);
+    }
+    return list;
+}
+
+static int get_header(PyObject *obj, Py_buffer *view)
+{
+    if (PyObject_GetBuffer(obj, view, PyBUF_SIMPLE) < 0) {
+        PyErr_Format(PyExc_TypeError, "header must be a bytes-like object, not %.100s",
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    if (view->len != 80) {
+        PyErr_Format(PyExc_ValueError, "header must be 80 bytes, got %zd", view->len);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_pow_hash(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    Py_buffer hv;
+    if (get_header(arg, &hv) < 0)
+        return NULL;
+    uint8_t hdr[80], out[32];
+    memcpy(hdr, hv.buf, 80);
+    PyBuffer_Release(&hv);
+    const scrypt_backend *be = active;
+    int fail = 0;
+    Py_BEGIN_ALLOW_THREADS
+    uint32_t *V = thread_scratch((size_t)POW_N * 128);
+    if (V == NULL)
+        fail = 1;
+    else
+        pow_hash_with(be->romix_one, V, hdr, out);
+    Py_END_ALLOW_THREADS
+    if (fail)
+        return PyErr_NoMemory();
+    return PyBytes_FromStringAndSize((const char *)out, 32);
+}
+
+static PyObject *py_scrypt(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_buffer pw, salt;
+    unsigned long long n, r, p, dklen;
+    if (!PyArg_ParseTuple(args, "y*y*KKKK:scrypt", &pw, &salt, &n, &r, &p, &dklen))
+        return NULL;
+    const char *err = NULL;
+    if (n < 2 || (n & (n - 1)) != 0)
+        err = "n must be a power of 2 greater than 1";
+    else if (r < 1 || p < 1 || r * p >= (1ULL << 30))
+        err = "r and p must be at least 1 with r * p < 2**30";
+    else if (dklen < 1 || dklen > (1ULL << 20))
+        err = "dklen must be in 1..2**20";
+    else if (n > MAX_SCRYPT_MEM / (128 * r))
+        err = "n * r * 128 bytes of scratch exceeds the 4 GiB limit";
+    if (err != NULL) {
+        PyBuffer_Release(&pw);
+        PyBuffer_Release(&salt);
+        PyErr_Format(PyExc_ValueError, "scrypt: %s (n=%llu, r=%llu, p=%llu, dklen=%llu)", err, n,
+                     r, p, dklen);
+        return NULL;
+    }
+    PyObject *res = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)dklen);
+    int rc = -1;
+    if (res != NULL) {
+        uint8_t *out = (uint8_t *)PyBytes_AS_STRING(res);
+        Py_BEGIN_ALLOW_THREADS
+        rc = scrypt_general(pw.buf, (size_t)pw.len, salt.buf, (size_t)salt.len, n, (uint32_t)r,
+                            (uint32_t)p, out, (size_t)dklen);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&pw);
+    PyBuffer_Release(&salt);
+    if (res != NULL && rc != 0) {
+        Py_DECREF(res);
+        return PyErr_NoMemory();
+    }
+    return res;
+}
+
+static PyObject *py_scan(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *hobj;
+    long long start, count;
+    Py_buffer tv;
+    if (!PyArg_ParseTuple(args, "OLLy*:scan", &hobj, &start, &count, &tv))
+        return NULL;
+    if (tv.len != 32) {
+        PyErr_Format(PyExc_ValueError, "target must be 32 little-endian bytes, got %zd", tv.len);
+        PyBuffer_Release(&tv);
+        return NULL;
+    }
+    uint8_t target[32];
+    memcpy(target, tv.buf, 32);
+    PyBuffer_Release(&tv);
+    if (start < 0 || start > 0xFFFFFFFFLL) {
+        PyErr_Format(PyExc_ValueError, "start_nonce must be in 0..2**32-1, got %lld", start);
+        return NULL;
+    }
+    if (count < 1 || (unsigned long long)count > MAX_SCAN_COUNT) {
+        PyErr_Format(PyExc_ValueError, "count must be in 1..2**32, got %lld", count);
+        return NULL;
+    }
+    Py_buffer hv;
+    if (get_header(hobj, &hv) < 0)
+        return NULL;
+    uint8_t hdr[80];
+    memcpy(hdr, hv.buf, 80);
+    PyBuffer_Release(&hv);
+
+    const scrypt_backend *be = active;
+    hits found = {NULL, 0, 0};
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = scan_nonces(be, hdr, (uint32_t)start, (uint64_t)count, target, &found);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
+        free(found.items);
+        return PyErr_NoMemory();
+    }
+    PyObject *list = PyList_New((Py_ssize_t)found.len);
+    for (size_t i = 0; list != NULL && i < found.len; i++) {
+        PyObject *t = Py_BuildValue("(ky#)", (unsigned long)found.items[i].nonce,
+                                    (const char *)found.items[i].hash, (Py_ssize_t)32);
+        if (t == NULL) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, t);
+    }
+    free(found.items);
+    return list;
+}
+
+static PyObject *py_backends(PyObject *self, PyObject *noargs)
+{
+    (void)self;
+    (void)noargs;
+    return usable_names();
+}
+
+static PyObject *py_backend(PyObject *self, PyObject *noargs)
+{
+    (void)self;
+    (void)noargs;
+    return PyUnicode_FromString(active->name);
+}
+
+static PyObject *py_set_backend(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    const char *name = PyUnicode_Check(arg) ? PyUnicode_AsUTF8(arg) : NULL;
+    if (name == NULL) {
+        PyErr_SetString(PyExc_TypeError, "backend name must be a str");
+        return NULL;
+    }
+    const scrypt_backend *be = find_backend(name);
+    if (be == NULL) {
+        PyObject *names = usable_names();
+        if (names != NULL) {
+            PyErr_Format(PyExc_ValueError, "unknown or unavailable scrypt backend %R; this CPU has %R",
+                         arg, names);
+            Py_DECREF(names);
+        }
+        return NULL;
+    }
+    active = be;
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_lanes(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    const char *name = PyUnicode_Check(arg) ? PyUnicode_AsUTF8(arg) : NULL;
+    const scrypt_backend *be = name ? find_backend(name) : NULL;
+    if (be == NULL) {
+        PyErr_Format(PyExc_ValueError, "unknown or unavailable scrypt backend %R", arg);
+        return NULL;
+    }
+    return PyLong_FromUnsignedLong(be->lanes);
+}
+
+static PyObject *py_sha256_impl(PyObject *self, PyObject *noargs)
+{
+    (void)self;
+    (void)noargs;
+    return PyUnicode_FromString(sha256_impl());
+}
+
+static PyObject *py_set_sha256(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    const char *name = PyUnicode_Check(arg) ? PyUnicode_AsUTF8(arg) : NULL;
+    if (name == NULL || (strcmp(name, "portable") != 0 && strcmp(name, "best") != 0)) {
+        PyErr_Format(PyExc_ValueError, "sha256 implementation must be 'portable' or 'best', not %R",
+                     arg);
+        return NULL;
+    }
+    sha256_dispatch(strcmp(name, "portable") == 0);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"pow_hash", py_pow_hash, METH_O, "scrypt(N=1024,r=1,p=1,32) of an 80-byte header: raw bytes"},
+    {"scrypt", py_scrypt, METH_VARARGS, "scrypt(password, salt, n, r, p, dklen) per RFC 7914"},
+    {"scan", py_scan, METH_VARARGS,
+     "scan(header80, start_nonce, count, target_le32) -> [(nonce, raw_hash)] meeting target"},
+    {"backends", py_backends, METH_NOARGS, "usable backends, fastest first"},
+    {"backend", py_backend, METH_NOARGS, "the backend in use"},
+    {"set_backend", py_set_backend, METH_O, "select a backend by name"},
+    {"lanes", py_lanes, METH_O, "hashes per kernel call of a backend"},
+    {"sha256_impl", py_sha256_impl, METH_NOARGS, "the SHA-256 compress in use"},
+    {"set_sha256", py_set_sha256, METH_O, "'portable' or 'best' SHA-256 compress"},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_scrypt",
+                                    "The C scrypt core of doge-agent.", -1, methods,
+                                    NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__scrypt(void)
+{
+    sha256_dispatch(0);
+    size_t n;
+    const scrypt_backend *all = scrypt_backends(&n);
+    for (size_t i = 0; i < n && active == NULL; i++)
+        if (backend_usable(&all[i]))
+            active = &all[i];
+    PyObject *m = PyModule_Create(&moddef);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObject(m, "MAX_SCAN_COUNT", PyLong_FromUnsignedLongLong(MAX_SCAN_COUNT)) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
