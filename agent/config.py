@@ -1,0 +1,524 @@
+"""TOML + environment overrides -> one frozen, validated Config.
+
+load(path, env) reads `path`, merges the overlay `<stem>.<environment>.toml` next to it when it
+exists, applies DOGE_AGENT__SECTION__KEY variables (DOGE_AGENT__POOLS__<i>__KEY for a pool), then
+validates everything at once: every error names its key by path, and all of them are reported.
+Secrets (pool passwords) never appear in an error message or a repr."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from agent import defaults as D
+
+SECRET_KEYS = frozenset({"password", "password_enc"})
+MASK = "***"
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; .errors lists every problem, each naming its key path."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = list(errors)
+        super().__init__("invalid configuration:\n  " + "\n  ".join(self.errors))
+
+
+# ---------------------------------------------------------------------------- the Config
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    environment: str = D.ENVIRONMENT
+    state_dir: str = D.STATE_DIR
+    log_level: str = D.LOG_LEVEL
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    url: str
+    user: str
+    password: str | None = field(default=None, repr=False)
+    password_enc: str | None = field(default=None, repr=False)
+    priority: int = D.POOL_PRIORITY
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.url).scheme
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or 0
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme == "stratum+ssl"
+
+    def __repr__(self) -> str:
+        # Never show a secret, even when the whole Config is logged.
+        pw = MASK if self.password is not None else None
+        enc = MASK if self.password_enc is not None else None
+        return (
+            f"PoolConfig(url={self.url!r}, user={self.user!r}, password={pw!r}, "
+            f"password_enc={enc!r}, priority={self.priority!r})"
+        )
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class BoardConfig:
+    kind: str = D.BOARD_KIND
+    chains: int = D.CHAINS
+    chips_per_chain: int = D.CHIPS_PER_CHAIN
+    threads: int = D.CPU_THREADS
+    ticket_difficulty: float = D.TICKET_DIFFICULTY
+    uarts: tuple[str, ...] | None = None
+    i2c_bus: int | str | None = None
+    sysfs_root: str | None = None
+    host: str | None = None  # remote: the stock miner's address
+
+
+@dataclass(frozen=True)
+class ThermalConfig:
+    mode: str = D.THERMAL_MODE
+    target_temp_c: float = D.TARGET_TEMP_C
+    hot_temp_c: float = D.HOT_TEMP_C
+    dangerous_temp_c: float = D.DANGEROUS_TEMP_C
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    http_listen: str = D.HTTP_LISTEN
+    cgminer_listen: str = D.CGMINER_LISTEN
+
+
+@dataclass(frozen=True)
+class Config:
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    pools: tuple[PoolConfig, ...] = ()
+    board: BoardConfig = field(default_factory=BoardConfig)
+    thermal: ThermalConfig = field(default_factory=ThermalConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    sources: tuple[str, ...] = ()  # files merged, main file first
+
+
+# ---------------------------------------------------------------------------- checkers
+# A checker returns (value, None) when the raw value is good, or (None, "what it must be").
+
+Checker = Callable[[Any], tuple[Any, str | None]]
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, str):
+        text = value if len(value) <= 60 else value[:57] + "..."
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return repr(value)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def int_in(lo: int, hi: int) -> Checker:
+    def check(v: Any) -> tuple[Any, str | None]:
+        if _is_int(v) and lo <= v <= hi:
+            return v, None
+        return None, f"must be an integer in {lo}..{hi}"
+
+    return check
+
+
+def number_in(lo: float, hi: float, *, lo_open: bool = False) -> Checker:
+    def check(v: Any) -> tuple[Any, str | None]:
+        if _is_number(v) and (lo < v if lo_open else lo <= v) and v <= hi:
+            return float(v), None
+        return None, f"must be a number in {'(' if lo_open else '['}{lo:g}, {hi:g}]"
+
+    return check
+
+
+def one_of(choices: tuple[str, ...]) -> Checker:
+    def check(v: Any) -> tuple[Any, str | None]:
+        if isinstance(v, str) and v in choices:
+            return v, None
+        return None, "must be one of " + ", ".join(choices)
+
+    return check
+
+
+def text(v: Any) -> tuple[Any, str | None]:
+    if isinstance(v, str) and v.strip() and "\x00" not in v:
+        return v, None
+    return None, "must be a non-empty string"
+
+
+def listen_address(v: Any) -> tuple[Any, str | None]:
+    why = 'must be "host:port" with a port in 0..65535 (IPv6 as "[::1]:port")'
+    if not isinstance(v, str):
+        return None, why
+    host, sep, port = v.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or (":" in host and not v.startswith("[")) or " " in host:
+        return None, why
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        return None, why
+    return v, None
+
+
+def pool_url(v: Any) -> tuple[Any, str | None]:
+    why = "must be stratum+tcp://host:port or stratum+ssl://host:port"
+    if not isinstance(v, str):
+        return None, why
+    try:
+        parts = urlsplit(v)
+        port = parts.port
+    except ValueError:
+        return None, why
+    if parts.scheme not in D.POOL_SCHEMES or not parts.hostname or port is None or port == 0:
+        return None, why
+    if parts.username is not None or parts.password is not None:
+        return None, "must not embed credentials; use the user and password keys"
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return None, why + " (no path or query)"
+    return v, None
+
+
+def fernet_token(v: Any) -> tuple[Any, str | None]:
+    # Shape only: decryption is agent.security.secrets' job, with the key.
+    ok = isinstance(v, str) and v.startswith("gAAAAA") and len(v) >= 60
+    ok = ok and all(c.isalnum() or c in "-_=" for c in v)
+    return (v, None) if ok else (None, "must be a Fernet token (gAAAAA...)")
+
+
+def string_list(v: Any) -> tuple[Any, str | None]:
+    if isinstance(v, list) and v and all(isinstance(x, str) and x for x in v):
+        return tuple(v), None
+    return None, "must be a non-empty array of strings"
+
+
+def i2c_bus(v: Any) -> tuple[Any, str | None]:
+    if _is_int(v) and 0 <= v <= 255:
+        return v, None
+    if isinstance(v, str) and v.strip():
+        return v, None
+    return None, 'must be a bus number in 0..255, a device path or "emulated"'
+
+
+# section -> key -> checker. Env values of STRING_KEYS are kept verbatim (a password "1234").
+SCHEMA: dict[str, dict[str, Checker]] = {
+    "agent": {
+        "environment": one_of(D.ENVIRONMENTS),
+        "state_dir": text,
+        "log_level": one_of(D.LOG_LEVELS),
+    },
+    "pools": {
+        "url": pool_url,
+        "user": text,
+        "password": lambda v: (v, None) if isinstance(v, str) else (None, "must be a string"),
+        "password_enc": fernet_token,
+        "priority": int_in(0, 1000),
+    },
+    "board": {
+        "kind": one_of(D.BOARD_KINDS),
+        "chains": int_in(1, D.MAX_CHAINS),
+        "chips_per_chain": int_in(1, D.MAX_CHIPS_PER_CHAIN),
+        "threads": int_in(1, D.MAX_CPU_THREADS),
+        "ticket_difficulty": number_in(0, D.MAX_TICKET_DIFFICULTY, lo_open=True),
+        "uarts": string_list,
+        "i2c_bus": i2c_bus,
+        "sysfs_root": text,
+        "host": text,
+    },
+    "thermal": {
+        "mode": one_of(D.THERMAL_MODES),
+        "target_temp_c": number_in(D.MIN_TEMP_C, D.MAX_TEMP_C),
+        "hot_temp_c": number_in(D.MIN_TEMP_C, D.MAX_TEMP_C),
+        "dangerous_temp_c": number_in(D.MIN_TEMP_C, D.MAX_TEMP_C),
+    },
+    "api": {
+        "http_listen": listen_address,
+        "cgminer_listen": listen_address,
+    },
+}
+STRING_KEYS = frozenset(
+    {
+        "environment", "state_dir", "log_level", "url", "user", "password", "password_enc",
+        "kind", "sysfs_root", "host", "mode", "http_listen", "cgminer_listen",
+    }
+)  # fmt: skip
+REQUIRED_POOL_KEYS = ("url", "user")
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def _check_table(
+    section: str, prefix: str, raw: Mapping[str, Any], errors: list[str]
+) -> dict[str, Any]:
+    """Checked values of one table; errors get `prefix.key: why, got value` (secrets hidden)."""
+    out: dict[str, Any] = {}
+    schema = SCHEMA[section]
+    for key, value in raw.items():
+        path = f"{prefix}.{key}"
+        checker = schema.get(key)
+        if checker is None:
+            errors.append(f"{path}: unknown key (known: {', '.join(schema)})")
+            continue
+        good, why = checker(value)
+        if why is not None:
+            got = "<hidden>" if key in SECRET_KEYS else _shown(value)
+            errors.append(f"{path}: {why}, got {got}")
+        else:
+            out[key] = good
+    return out
+
+
+def _table(data: Mapping[str, Any], name: str, errors: list[str]) -> Mapping[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        errors.append(f"{name}: must be a table ([{name}]), got {_shown(value)}")
+        return {}
+    return value
+
+
+def validate(data: Mapping[str, Any]) -> tuple[Config | None, list[str]]:
+    """(Config, []) for good data, (None, every error) otherwise. Never raises on bad input."""
+    errors: list[str] = []
+    if not isinstance(data, Mapping):
+        return None, [f"<root>: must be a table, got {_shown(data)}"]
+    for name in data:
+        if name not in SCHEMA:
+            errors.append(f"{name}: unknown section (known: {', '.join(SCHEMA)})")
+
+    agent = _check_table("agent", "agent", _table(data, "agent", errors), errors)
+    board = _check_table("board", "board", _table(data, "board", errors), errors)
+    thermal = _check_table("thermal", "thermal", _table(data, "thermal", errors), errors)
+    api = _check_table("api", "api", _table(data, "api", errors), errors)
+
+    pools: list[PoolConfig] = []
+    raw_pools = data.get("pools", [])
+    if not isinstance(raw_pools, list):
+        errors.append(f"pools: must be an array of tables ([[pools]]), got {_shown(raw_pools)}")
+        raw_pools = []
+    for i, raw in enumerate(raw_pools):
+        prefix = f"pools[{i}]"
+        if not isinstance(raw, dict):
+            errors.append(f"{prefix}: must be a table, got {_shown(raw)}")
+            continue
+        n_before = len(errors)
+        pool = _check_table("pools", prefix, raw, errors)
+        for key in REQUIRED_POOL_KEYS:
+            if key not in raw:
+                errors.append(f"{prefix}.{key}: missing (required for every pool)")
+        if "password" in raw and "password_enc" in raw:
+            errors.append(f"{prefix}.password: set password or password_enc, not both")
+        if len(errors) == n_before:
+            if "password" not in pool and "password_enc" not in pool:
+                pool["password"] = D.POOL_PASSWORD
+            pools.append(PoolConfig(**pool))
+    seen: dict[str, int] = {}
+    for i, pool in enumerate(pools):
+        key = f"{pool.url} {pool.user}"
+        if key in seen:
+            errors.append(f"pools[{i}]: same url and user as pools[{seen[key]}]")
+        seen[key] = i
+
+    _check_thermal_order(thermal, errors)
+    if board.get("kind", D.BOARD_KIND) == "remote" and "host" not in board:
+        errors.append('board.host: missing (required when board.kind = "remote")')
+    if "ticket_difficulty" not in board and board.get("kind") == "l3plus":
+        board["ticket_difficulty"] = D.BM1485_TICKET_DIFFICULTY
+    listens = [api.get("http_listen", D.HTTP_LISTEN), api.get("cgminer_listen", D.CGMINER_LISTEN)]
+    if listens[0] == listens[1] and not listens[0].endswith(":0"):
+        errors.append(f"api.cgminer_listen: same address as api.http_listen ({listens[0]})")
+
+    if errors:
+        return None, errors
+    config = Config(
+        agent=AgentConfig(**agent),
+        pools=tuple(sorted(pools, key=lambda p: p.priority)),
+        board=BoardConfig(**board),
+        thermal=ThermalConfig(**thermal),
+        api=ApiConfig(**api),
+    )
+    return config, []
+
+
+def _check_thermal_order(thermal: Mapping[str, Any], errors: list[str]) -> None:
+    target = thermal.get("target_temp_c", D.TARGET_TEMP_C)
+    hot = thermal.get("hot_temp_c", D.HOT_TEMP_C)
+    dangerous = thermal.get("dangerous_temp_c", D.DANGEROUS_TEMP_C)
+    if not target < hot:
+        errors.append(f"thermal.hot_temp_c: must be above target_temp_c ({target:g}), got {hot:g}")
+    if not hot < dangerous:
+        errors.append(
+            f"thermal.dangerous_temp_c: must be above hot_temp_c ({hot:g}), got {dangerous:g}"
+        )
+
+
+# ---------------------------------------------------------------------------- files and env
+
+
+def _read_toml(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        return None, f"{path}: cannot read: {e.strerror or e}"
+    try:
+        return tomllib.loads(raw.decode("utf-8")), None
+    except UnicodeDecodeError:
+        return None, f"{path}: not UTF-8 text"
+    except tomllib.TOMLDecodeError as e:
+        # tomllib's messages give line and column, never the offending text (may be a secret).
+        return None, f"{path}: not valid TOML: {e}"
+
+
+def overlay_path(path: Path, environment: str) -> Path:
+    """`agent.toml` + "staging" -> `agent.staging.toml`, in the same folder."""
+    return path.with_name(f"{path.stem}.{environment}{path.suffix or '.toml'}")
+
+
+def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Tables merge key by key; anything else (arrays such as pools included) is replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _env_value(raw: str, key: str) -> Any:
+    """A TOML value when the text parses as one, else the text. String keys keep the text."""
+    if key in STRING_KEYS:
+        return raw
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def env_overrides(
+    data: Mapping[str, Any], env: Mapping[str, str], errors: list[str]
+) -> dict[str, Any]:
+    """Apply DOGE_AGENT__SECTION__KEY (and DOGE_AGENT__POOLS__<i>__KEY) variables to data."""
+    out = merge(data, {})
+    for name in sorted(env):
+        if not name.upper().startswith(D.ENV_PREFIX):
+            continue
+        parts = name[len(D.ENV_PREFIX) :].lower().split("__")
+        value = env[name]
+        if parts[0] == "pools":
+            if len(parts) != 3 or not parts[1].isdigit():
+                errors.append(f"{name}: pool overrides are {D.ENV_PREFIX}POOLS__<index>__<KEY>")
+                continue
+            index, key = int(parts[1]), parts[2]
+            pools = out.get("pools")
+            if not isinstance(pools, list):
+                pools = []
+            pools = [dict(p) if isinstance(p, dict) else p for p in pools]
+            if index > len(pools):
+                missing = f"pools[{len(pools)}] is not configured"
+                errors.append(f"pools[{index}].{key}: set by {name}, but {missing}")
+                continue
+            if index == len(pools):
+                pools.append({})
+            if isinstance(pools[index], dict):
+                pools[index][key] = _env_value(value, key)
+            out["pools"] = pools
+            continue
+        if len(parts) != 2 or not all(parts):
+            errors.append(f"{name}: overrides are {D.ENV_PREFIX}<SECTION>__<KEY>")
+            continue
+        section, key = parts
+        if section not in SCHEMA:
+            errors.append(f"{section}.{key}: unknown section (set by {name})")
+            continue
+        table = out.get(section)
+        table = dict(table) if isinstance(table, dict) else {}
+        table[key] = _env_value(value, key)
+        out[section] = table
+    return out
+
+
+def _gather(path: Path, env: Mapping[str, str]) -> tuple[Config | None, list[str]]:
+    data, err = _read_toml(path)
+    if data is None:
+        return None, [err or f"{path}: cannot read"]
+    errors: list[str] = []
+    sources = [str(path)]
+    # The overlay is picked by the environment as the env variables leave it, then env wins.
+    probe = env_overrides(data, env, [])
+    agent = probe.get("agent")
+    environment = agent.get("environment", D.ENVIRONMENT) if isinstance(agent, dict) else None
+    if isinstance(environment, str) and environment in D.ENVIRONMENTS:
+        extra = overlay_path(path, environment)
+        if extra.exists():
+            over, err = _read_toml(extra)
+            if over is None:
+                return None, [err or f"{extra}: cannot read"]
+            over_agent = over.get("agent")
+            over_env = environment
+            if isinstance(over_agent, dict):
+                over_env = over_agent.get("environment", environment)
+            if over_env != environment:
+                errors.append(f"agent.environment: the overlay {extra.name} cannot change it")
+            data = merge(data, over)
+            sources.append(str(extra))
+    data = env_overrides(data, env, errors)
+    config, more = validate(data)
+    errors.extend(more)
+    if errors:
+        return None, errors
+    assert config is not None
+    return dataclasses.replace(config, sources=tuple(sources)), []
+
+
+def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """The validated Config of a file, its overlay and the environment; ConfigError otherwise."""
+    config, errors = _gather(Path(path), os.environ if env is None else env)
+    if errors or config is None:
+        raise ConfigError(errors)
+    return config
+
+
+def check(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> list[str]:
+    """Every error of the config `load` would build (empty when it is valid)."""
+    return _gather(Path(path), os.environ if env is None else env)[1]
+
+
+def loads(text: str, env: Mapping[str, str] | None = None) -> Config:
+    """A Config from TOML text (no overlay); ConfigError on any problem."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"<text>: not valid TOML: {e}"]) from None
+    errors: list[str] = []
+    data = env_overrides(data, {} if env is None else env, errors)
+    config, more = validate(data)
+    errors.extend(more)
+    if errors or config is None:
+        raise ConfigError(errors)
+    return config

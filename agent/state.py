@@ -1,0 +1,241 @@
+"""The one live snapshot every surface reads (status page, /api/status, /metrics, cgminer, LEDs).
+
+Producers call the small methods below; surfaces call snapshot(). Every nonce from the hashing side
+is counted exactly once: record_nonce() puts it in `pending` or a final bucket, resolve() moves one
+from `pending` to a final bucket, and nothing else touches the buckets, so
+    nonces == accepted + rejected + stale + below_target + hw_errors + pending
+holds by construction. A lock makes the methods safe from the C-core threads too."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agent import defaults as D
+from agent.mining.targets import HASHES_PER_DIFF1
+
+PENDING = "pending"
+FINAL = ("accepted", "rejected", "stale", "below_target", "hw_errors")
+BUCKETS = (*FINAL, PENDING)
+
+
+class RateWindow:
+    """Amount per second over the last `window_s` seconds, in 1-second buckets (bounded memory)."""
+
+    def __init__(self, window_s: float, now: float) -> None:
+        self.window_s = window_s
+        self.started = now
+        self._buckets: deque[list[float]] = deque()  # [second, amount]
+
+    def add(self, amount: float, now: float) -> None:
+        second = float(int(now))
+        if self._buckets and self._buckets[-1][0] == second:
+            self._buckets[-1][1] += amount
+        else:
+            self._buckets.append([second, amount])
+        self._trim(now)
+
+    def rate(self, now: float) -> float:
+        self._trim(now)
+        # Young windows divide by their age, so the estimate is right from the first seconds.
+        span = min(self.window_s, now - self.started)
+        if span <= 0:
+            return 0.0
+        return sum(amount for _, amount in self._buckets) / span
+
+    def _trim(self, now: float) -> None:
+        while self._buckets and self._buckets[0][0] < now - self.window_s:
+            self._buckets.popleft()
+
+
+@dataclass
+class ChainState:
+    id: int
+    by_nonces: RateWindow  # nonces x difficulty x 65536: what chips' work is worth
+    by_hashes: RateWindow  # hashes counted directly
+    chips: int = 0
+    frequency_mhz: float = 0.0
+    temp_c: float | None = None
+    nonces: int = 0
+    hw_errors: int = 0
+    hashes: int = 0  # hashes counted directly (CPU board); chips only report nonces
+    counts_hashes: bool = False
+
+    def hashrate_hs(self, now: float) -> float:
+        # A board that counts its hashes knows its rate exactly; chips are estimated from nonces.
+        window = self.by_hashes if self.counts_hashes else self.by_nonces
+        return window.rate(now)
+
+
+@dataclass
+class PoolState:
+    url: str
+    status: str = "disconnected"
+    accepted: int = 0
+    rejected: int = 0
+    latency_ms: float | None = None
+
+
+class State:
+    """Counters, per-chain data, pools, fans and guardian decision, read through snapshot()."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        window_s: float = D.HASHRATE_WINDOW_S,
+    ) -> None:
+        self._clock = clock
+        self._window_s = window_s
+        self._lock = threading.Lock()
+        self._started = clock()
+        self.nonces = 0
+        self.buckets: dict[str, int] = dict.fromkeys(BUCKETS, 0)
+        self.chains: dict[int, ChainState] = {}
+        self.pools: dict[str, PoolState] = {}
+        self.fans: list[dict[str, Any]] = []
+        self.guardian: dict[str, str] = {"state": "mine", "reason": "starting"}
+
+    # ------------------------------------------------------------------ hashing side
+
+    def _chain(self, chain: int) -> ChainState:
+        c = self.chains.get(chain)
+        if c is None:
+            now = self._clock()
+            c = ChainState(
+                id=chain,
+                by_nonces=RateWindow(self._window_s, now),
+                by_hashes=RateWindow(self._window_s, now),
+            )
+            self.chains[chain] = c
+        return c
+
+    def set_chain(
+        self,
+        chain: int,
+        *,
+        chips: int | None = None,
+        frequency_mhz: float | None = None,
+        temp_c: float | None = None,
+    ) -> None:
+        """Declare or update a chain's static data and latest temperature (None = unknown)."""
+        with self._lock:
+            c = self._chain(chain)
+            if chips is not None:
+                c.chips = chips
+            if frequency_mhz is not None:
+                c.frequency_mhz = frequency_mhz
+            c.temp_c = temp_c
+
+    def record_nonce(
+        self,
+        chain: int,
+        difficulty: float,
+        outcome: str = PENDING,
+        pool: str | None = None,
+    ) -> None:
+        """Count one nonce from the hashing side; it met `difficulty` (the ticket difficulty).
+
+        outcome is `pending` until shares.py decides, or a final bucket when it is known at once.
+        A hw_errors nonce represents no work, so it does not feed the hashrate estimate."""
+        if outcome not in BUCKETS:
+            raise ValueError(f"outcome must be one of {', '.join(BUCKETS)}, got {outcome!r}")
+        if not difficulty > 0:
+            raise ValueError(f"difficulty must be > 0, got {difficulty!r}")
+        with self._lock:
+            c = self._chain(chain)
+            self.nonces += 1
+            self.buckets[outcome] += 1
+            c.nonces += 1
+            if outcome == "hw_errors":
+                c.hw_errors += 1
+            else:
+                c.by_nonces.add(difficulty * HASHES_PER_DIFF1, self._clock())
+            self._count_pool(outcome, pool)
+
+    def resolve(self, outcome: str, pool: str | None = None, chain: int | None = None) -> None:
+        """Move one nonce from pending to a final bucket (a pool's answer, a stale job...)."""
+        if outcome not in FINAL:
+            raise ValueError(f"outcome must be one of {', '.join(FINAL)}, got {outcome!r}")
+        with self._lock:
+            if self.buckets[PENDING] <= 0:
+                raise ValueError("no pending nonce to resolve")
+            self.buckets[PENDING] -= 1
+            self.buckets[outcome] += 1
+            if outcome == "hw_errors" and chain is not None and chain in self.chains:
+                self.chains[chain].hw_errors += 1
+            self._count_pool(outcome, pool)
+
+    def _count_pool(self, outcome: str, pool: str | None) -> None:
+        if pool is None or outcome not in ("accepted", "rejected"):
+            return
+        p = self.pools.setdefault(pool, PoolState(url=pool))
+        if outcome == "accepted":
+            p.accepted += 1
+        else:
+            p.rejected += 1
+
+    def add_hashes(self, chain: int, count: int) -> None:
+        """Hashes a board counted itself (the CPU board); its hashrate then comes from these."""
+        if count < 0:
+            raise ValueError(f"count must be >= 0, got {count}")
+        with self._lock:
+            c = self._chain(chain)
+            c.counts_hashes = True
+            c.hashes += count
+            c.by_hashes.add(count, self._clock())
+
+    # ------------------------------------------------------------------ other producers
+
+    def set_pool(
+        self, url: str, *, status: str | None = None, latency_ms: float | None = None
+    ) -> None:
+        with self._lock:
+            p = self.pools.setdefault(url, PoolState(url=url))
+            if status is not None:
+                p.status = status
+            if latency_ms is not None:
+                p.latency_ms = latency_ms
+
+    def set_fans(self, fans: list[dict[str, Any]]) -> None:
+        """Each fan as {"rpm": int | None, "duty_pct": float}."""
+        with self._lock:
+            self.fans = [dict(f) for f in fans]
+
+    def set_guardian(self, state: str, reason: str) -> None:
+        with self._lock:
+            self.guardian = {"state": state, "reason": reason}
+
+    # ------------------------------------------------------------------ the snapshot
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain JSON-ready data: the /api/status document."""
+        with self._lock:
+            now = self._clock()
+            chains = [
+                {
+                    "id": c.id,
+                    "chips": c.chips,
+                    "frequency_mhz": c.frequency_mhz,
+                    "hashrate_hs": c.hashrate_hs(now),
+                    "nonces": c.nonces,
+                    "hw_errors": c.hw_errors,
+                    "temp_c": c.temp_c,
+                    "hashes": c.hashes,
+                }
+                for c in sorted(self.chains.values(), key=lambda c: c.id)
+            ]
+            return {
+                "hashrate_hs": sum(c["hashrate_hs"] for c in chains),
+                "nonces": self.nonces,
+                "shares": dict(self.buckets),
+                "pools": [vars(p).copy() for p in self.pools.values()],
+                "chains": chains,
+                "fans": [dict(f) for f in self.fans],
+                "guardian": dict(self.guardian),
+                "uptime_s": now - self._started,
+                "hashes": sum(c["hashes"] for c in chains),
+            }
