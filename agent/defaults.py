@@ -57,4 +57,7 @@ HASHRATE_WINDOW_S = 60.0
 
 # demo: how long the CPU board runs, and an easier ticket so a slow CPU still finds some nonces.
 DEMO_SECONDS = 10.0
-DEMO_TICKET_DIFFICULTY = 1 / 4096
+DEMO_TICKET_DIFFICULTY = 1 / 16  # one nonce per 4096 hashes: a few per second per thread
+
+# run: how often the status line is logged
+STATUS_LOG_INTERVAL_S = 30.0

@@ -1,0 +1,382 @@
+"""The doge-agent command.
+
+Exit codes: 0 ok, 1 failure, 2 bad usage or bad config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+from typing import TextIO
+
+from agent import __version__, scrypt
+from agent import defaults as D
+from agent.config import Config
+from agent.hardware.cpu import CpuBoard, Nonce, Work, synthetic_work
+from agent.mining.targets import difficulty_to_target
+from agent.state import State
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+log = logging.getLogger("agent")
+
+
+# ---------------------------------------------------------------------------- shared helpers
+
+
+def difficulty_arg(text: str) -> float:
+    """A difficulty as 256, 0.0625 or 1/16."""
+    try:
+        value = Fraction(text.strip())
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= D.MAX_TICKET_DIFFICULTY:
+        raise argparse.ArgumentTypeError(f"must be in (0, 2**32], got {text}")
+    return float(value)
+
+
+def seconds_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"must be in (0, 86400], got {text}")
+    return value
+
+
+def threads_arg(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= D.MAX_CPU_THREADS:
+        raise argparse.ArgumentTypeError(f"must be an integer in 1..{D.MAX_CPU_THREADS}")
+    return int(text)
+
+
+class SyntheticMiner:
+    """The CPU board on random work, every nonce verified and counted in State.
+
+    Until Stratum exists nothing is submitted: a nonce meeting the share target stays pending."""
+
+    def __init__(
+        self,
+        threads: int,
+        ticket_difficulty: float,
+        state: State,
+        on_verified: Callable[[Nonce, bool], None] | None = None,
+    ) -> None:
+        self.state = state
+        self.ticket_difficulty = ticket_difficulty
+        self.share_target = difficulty_to_target(1)
+        self.works: dict[int, Work] = {}
+        self._next_id = 1
+        self._on_verified = on_verified
+        self.bad = 0
+        self.board = CpuBoard(
+            threads,
+            ticket_difficulty,
+            self._on_nonce,
+            on_exhausted=lambda _work: self.new_work(),
+            on_hashes=lambda _chip, n: state.add_hashes(0, n),
+        )
+        state.set_chain(0, chips=threads, frequency_mhz=0.0)
+
+    def new_work(self) -> None:
+        work = synthetic_work(self._next_id, clean=True, target=self.share_target)
+        self._next_id += 1
+        self.works = {work.work_id: work}  # clean work: older ones are gone
+        self.board.set_work(work)
+
+    async def start(self) -> None:
+        await self.board.start()
+        self.new_work()
+
+    async def stop(self) -> None:
+        await self.board.stop()
+
+    def _on_nonce(self, found: Nonce) -> None:
+        work = self.works.get(found.work_id)
+        if work is None:  # the board promises never to report retired work
+            raise RuntimeError(f"nonce of retired work {found.work_id}")
+        header = work.header76 + found.nonce.to_bytes(4, "little")
+        good = (
+            scrypt.pow_hash(header) == found.raw_hash
+            and scrypt.hash_meets(found.raw_hash, self.board.ticket_target)
+        )
+        if not good:
+            self.bad += 1
+            outcome = "hw_errors"
+        elif scrypt.hash_meets(found.raw_hash, work.target):
+            outcome = "pending"  # a share: it waits for a pool client
+        else:
+            outcome = "below_target"
+        self.state.record_nonce(found.chain, self.ticket_difficulty, outcome)
+        if self._on_verified is not None:
+            self._on_verified(found, good)
+
+
+def _missing_features() -> list[str]:
+    missing = []
+    if importlib.util.find_spec("agent.stratum.client") is None:
+        missing.append("the Stratum pool client (issue 4)")
+    if importlib.util.find_spec("agent.api.http") is None:
+        missing.append("the status page and /api/status")
+    if importlib.util.find_spec("agent.emulator.hashboard") is None:
+        missing.append("the emulated BM1485 board (issue 5)")
+    return missing
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def cmd_selftest(args: argparse.Namespace, out: TextIO) -> int:
+    from agent import selftest
+
+    return selftest.run(out)
+
+
+def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        from agent import benchmark
+    except ImportError as e:
+        print(f"bench: not available in this build ({e})", file=sys.stderr)
+        return EXIT_FAIL
+    return int(benchmark.main(list(args.bench_args)))
+
+
+def cmd_config_check(args: argparse.Namespace, out: TextIO) -> int:
+    from agent import config
+
+    errors = config.check(args.file)
+    for error in errors:
+        print(error, file=out)
+    if errors:
+        print(f"{args.file}: {len(errors)} error(s)", file=out)
+        return EXIT_USAGE
+    print(f"{args.file}: ok", file=out)
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
+    print(f"doge-agent {__version__} demo: self-test, then the CPU board on random work", file=out)
+    if cmd_selftest(args, out) != EXIT_OK:
+        print("demo: the self-test failed; not mining with a wrong scrypt core", file=out)
+        return EXIT_FAIL
+    return asyncio.run(_demo(args, out))
+
+
+async def _demo(args: argparse.Namespace, out: TextIO) -> int:
+    state = State()
+    printed = 0
+
+    def show(found: Nonce, good: bool) -> None:
+        nonlocal printed
+        printed += 1
+        if printed <= args.max_print:
+            verdict = "verified" if good else "WRONG HASH"
+            where = f"thread {found.chip}, work {found.work_id}"
+            shown = found.raw_hash[::-1].hex()[:24]  # display order, as explorers show it
+            print(f"  nonce 0x{found.nonce:08x} ({where}) hash {shown}... {verdict}", file=out)
+        elif printed == args.max_print + 1:
+            print("  ... further nonces are counted, not printed", file=out)
+
+    miner = SyntheticMiner(args.threads, args.difficulty, state, on_verified=show)
+    print(
+        f"\nCPU board: {args.threads} thread(s), backend {scrypt.backend()}, ticket difficulty "
+        f"{args.difficulty:g} (one nonce per {args.difficulty * 65536:.0f} hashes on average), "
+        f"{args.seconds:g} s",
+        file=out,
+    )
+    started = time.monotonic()
+    await miner.start()
+    try:
+        await asyncio.sleep(args.seconds)
+    finally:
+        await miner.stop()
+    elapsed = time.monotonic() - started
+    snap = state.snapshot()
+    hashes = miner.board.hashes_done()
+    shares = snap["shares"]
+    estimate = snap["nonces"] * args.difficulty * 65536 / elapsed
+    print(
+        f"\nnonces found: {snap['nonces']} ({snap['nonces'] - miner.bad} verified with pow_hash, "
+        f"{miner.bad} wrong); {shares['pending']} meet pool difficulty 1, "
+        f"{shares['below_target']} only the ticket",
+        file=out,
+    )
+    print(
+        f"hashrate: {hashes / elapsed:,.0f} H/s counted ({hashes:,} hashes in {elapsed:.1f} s); "
+        f"{estimate:,.0f} H/s estimated from nonces x difficulty x 65536",
+        file=out,
+    )
+    missing = _missing_features()
+    if missing:
+        print("not in this build yet: " + "; ".join(missing) + " (later issues)", file=out)
+    if snap["nonces"] == 0:
+        print("warning: no nonce found; try a longer --seconds or an easier --difficulty", file=out)
+    return EXIT_FAIL if miner.bad else EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
+    from agent import config as cfg
+
+    try:
+        conf = cfg.load(args.config)
+    except cfg.ConfigError as e:
+        for error in e.errors:
+            print(error, file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(
+        level=conf.agent.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return asyncio.run(_run(conf))
+
+
+async def _run(conf: Config) -> int:
+    log.info("doge-agent %s starting with %s", __version__, ", ".join(conf.sources) or "defaults")
+    if conf.board.kind != "cpu":
+        kind = conf.board.kind
+        log.error('board.kind = "%s" has no driver in this build yet; only "cpu" runs', kind)
+        return EXIT_FAIL
+    if importlib.util.find_spec("agent.stratum.client") is None:
+        log.warning(
+            "no pool client is available yet (Stratum is issue 4): mining random synthetic "
+            "work, nothing is submitted to the %d configured pool(s)",
+            len(conf.pools),
+        )
+    else:
+        log.warning("this runner does not wire the pool client yet: mining synthetic work")
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    state = State()
+    miner = SyntheticMiner(conf.board.threads, conf.board.ticket_difficulty, state)
+    await miner.start()
+    log.info("mining: %d CPU thread(s), backend %s", conf.board.threads, scrypt.backend())
+    try:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), D.STATUS_LOG_INTERVAL_S)
+            except TimeoutError:
+                _log_status(state.snapshot())
+    finally:
+        await miner.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    _log_status(state.snapshot())
+    log.info("stopped cleanly")
+    return EXIT_OK if miner.bad == 0 else EXIT_FAIL
+
+
+def _log_status(snap: dict) -> None:
+    s = snap["shares"]
+    counts = f"below_target {s['below_target']}, pending {s['pending']}, hw {s['hw_errors']}"
+    log.info(
+        "hashrate %.0f H/s, %d hashes, %d nonces (%s)",
+        snap["hashrate_hs"], snap["hashes"], snap["nonces"], counts,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="doge-agent",
+        description="Open firmware for Scrypt (Litecoin / Dogecoin) ASIC miners.",
+        epilog="Exit codes: 0 ok, 1 failure, 2 bad usage or bad config.",
+    )
+    p.add_argument("--version", action="version", version=f"doge-agent {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser(
+        "selftest",
+        help="check the scrypt core against known vectors",
+        description="Check the C scrypt core against known vectors on every backend this CPU "
+        "runs; exit 1 on any mismatch.",
+    )
+    s.set_defaults(func=cmd_selftest)
+
+    s = sub.add_parser(
+        "bench",
+        help="print the scrypt hash-rate table",
+        add_help=False,  # --help goes to the benchmark's own parser
+        description="Benchmark (options: doge-agent bench --help).",
+    )
+    s.add_argument("bench_args", nargs=argparse.REMAINDER)
+    s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("config", help="configuration tools")
+    actions = s.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    c = actions.add_parser(
+        "check",
+        help="validate a config file, naming each bad key by its path",
+        description="Validate FILE with its environment overlay and DOGE_AGENT__SECTION__KEY "
+        "overrides; print each error with its key path; exit 2 when invalid.",
+    )
+    c.add_argument("file", metavar="FILE", type=Path)
+    c.set_defaults(func=cmd_config_check)
+
+    s = sub.add_parser(
+        "demo",
+        help="self-test, then a short CPU-board run on random work",
+        description="Run the self-test, then mine random work on the CPU board, printing every "
+        "nonce found (verified with pow_hash) and the hashrate.",
+    )
+    s.add_argument(
+        "--seconds",
+        type=seconds_arg,
+        default=D.DEMO_SECONDS,
+        help=f"how long to mine (default {D.DEMO_SECONDS:g})",
+    )
+    s.add_argument(
+        "--threads",
+        type=threads_arg,
+        default=D.CPU_THREADS,
+        help=f"CPU threads (default {D.CPU_THREADS})",
+    )
+    s.add_argument(
+        "--difficulty",
+        type=difficulty_arg,
+        default=D.DEMO_TICKET_DIFFICULTY,
+        help="ticket difficulty every reported nonce meets, e.g. 1/16 or 0.0625 "
+        f"(default {Fraction(D.DEMO_TICKET_DIFFICULTY)})",
+    )
+    s.add_argument("--max-print", type=int, default=40, help="nonces printed one per line")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser(
+        "run",
+        help="run the agent until SIGTERM or SIGINT",
+        description="Run the agent with a config file until SIGTERM or SIGINT, then shut down "
+        "cleanly (exit 0).",
+    )
+    s.add_argument("-c", "--config", required=True, type=Path, metavar="FILE", help="TOML file")
+    s.set_defaults(func=cmd_run)
+    return p
+
+
+def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # everything after "bench" belongs to the benchmark's parser
+        return cmd_bench(argparse.Namespace(bench_args=argv[1:]), out or sys.stdout)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse exits 2 on bad usage, 0 on --help
+        return int(e.code or 0)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(args.func(args, out or sys.stdout))
+    except KeyboardInterrupt:
+        return EXIT_FAIL
