@@ -304,7 +304,11 @@ def _row_result(impl: Impl, hashlib_median: float, single: dict[str, float]) -> 
         "hps_median": round(med, 1), "hps_min": round(min(impl.rates), 1),
         "hps_max": round(max(impl.rates), 1), "hps_rounds": [round(r, 1) for r in impl.rates],
         "us_per_hash": round(1e6 / med, 2), "x_hashlib": round(med / hashlib_median, 3),
-        "cpu_per_wall": round(statistics.median(impl.cpu_per_wall), 3), **impl.info,
+        "cpu_per_wall": round(statistics.median(impl.cpu_per_wall), 3),
+        # hashes per second of CPU actually received: less sensitive to other load on the box
+        "hps_per_cpu_second": round(statistics.median(
+            r / c for r, c in zip(impl.rates, impl.cpu_per_wall, strict=True) if c > 0), 1),
+        **impl.info,
     }
     if impl.threads > 1:  # scaling against the same implementation on one thread
         base = single.get(impl.kind if impl.kind == "hashlib" else f"scan {impl.backend}")
