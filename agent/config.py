@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -129,6 +130,13 @@ def _shown(value: Any) -> str:
     if isinstance(value, list):
         return "an array"
     return repr(value)
+
+
+def _redact_url(value: Any) -> Any:
+    """scheme://user:pass@host -> scheme://***@host: credentials in a URL are secrets too."""
+    if isinstance(value, str) and "@" in value:
+        return re.sub(r"(?<=://)[^/@]*@", MASK + "@", value)
+    return value
 
 
 def _is_int(v: Any) -> bool:
@@ -287,7 +295,7 @@ def _check_table(
             continue
         good, why = checker(value)
         if why is not None:
-            got = "<hidden>" if key in SECRET_KEYS else _shown(value)
+            got = "<hidden>" if key in SECRET_KEYS else _shown(_redact_url(value))
             errors.append(f"{path}: {why}, got {got}")
         else:
             out[key] = good
@@ -447,6 +455,8 @@ def env_overrides(
                 pools.append({})
             if isinstance(pools[index], dict):
                 pools[index][key] = _env_value(value, key)
+                if key in SECRET_KEYS:  # a secret from the environment replaces the file's
+                    pools[index].pop(next(iter(SECRET_KEYS - {key})), None)
             out["pools"] = pools
             continue
         if len(parts) != 2 or not all(parts):
