@@ -104,11 +104,11 @@ class State:
     def _chain(self, chain: int) -> ChainState:
         c = self.chains.get(chain)
         if c is None:
-            now = self._clock()
+            # Windows start with the State: the first nonce of a chain took work from boot on.
             c = ChainState(
                 id=chain,
-                by_nonces=RateWindow(self._window_s, now),
-                by_hashes=RateWindow(self._window_s, now),
+                by_nonces=RateWindow(self._window_s, self._started),
+                by_hashes=RateWindow(self._window_s, self._started),
             )
             self.chains[chain] = c
         return c
