@@ -151,6 +151,17 @@ class CpuBoard:
             if isinstance(r, BaseException):
                 raise r
 
+    async def wait(self) -> None:
+        """Return when the board stops; raise at once if a thread fails (for a supervisor)."""
+        tasks = list(self._tasks)
+        if not tasks:
+            return
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for fut in done:
+            error = fut.exception()
+            if error is not None:
+                raise error
+
     def set_work(self, work: Work) -> None:
         """Hash `work` from now on, on every thread. Clean work retires all older work at once."""
         if work.work_id in self._used_ids:
