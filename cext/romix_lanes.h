@@ -19,29 +19,47 @@ typedef uint32_t LANE_CAT(LANE_FN, _v) __attribute__((vector_size(LANES * 4)));
 #error "LANES must be 4, 8 or 16"
 #endif
 
-/* one transpose stage swaps the off-diagonal d x d blocks of each 2d x 2d block */
-#define T_LO(d, c) (((c) & (d)) ? (LANES + (c) - (d)) : (c))
-#define T_HI(d, c) (((c) & (d)) ? (LANES + (c)) : ((c) + (d)))
-#define T_STAGE(m, d)                                                                              \
-    do {                                                                                           \
-        for (int i_ = 0; i_ < LANES; i_++)                                                         \
-            if (!(i_ & (d))) {                                                                     \
-                LV a_ = m[i_], b_ = m[i_ + (d)];                                                   \
-                m[i_] = __builtin_shuffle(a_, b_, (LV)LANE_LIST(T_LO, d));                         \
-                m[i_ + (d)] = __builtin_shuffle(a_, b_, (LV)LANE_LIST(T_HI, d));                   \
-            }                                                                                      \
-    } while (0)
+/* Shuffle masks of the native two-source instructions, so that the compiler emits them and
+ * not a generic permute that destroys a source: 32- and 64-bit unpacks within 128-bit blocks
+ * (d = 0 low, 2 high), and 128-bit block selections for the last stages. */
+#define M_UNPACK32(d, p) ((((p) % 4) & 1 ? LANES : 0) + 4 * ((p) / 4) + (((p) % 4) >> 1) + (d))
+#define M_UNPACK64(d, p) ((((p) % 4) & 2 ? LANES : 0) + 4 * ((p) / 4) + ((p) % 4 & 1) + (d))
+/* 16 lanes: blocks (0+d, 2+d) of a then of b; 8 lanes: block d of a then of b */
+#define M_BLOCKS16(d, p) (((p) / 4 >= 2 ? LANES : 0) + 4 * (((p) / 4 & 1) * 2 + (d)) + (p) % 4)
+#define M_BLOCKS8(d, p) (((p) / 4 == 1 ? LANES : 0) + 4 * (d) + (p) % 4)
+#define SHUF(a, b, M, d) __builtin_shuffle((a), (b), (LV)LANE_LIST(M, d))
 
+/* m[i] = row i (LANES words of hash i) -> m[k] = word k of every hash */
 static inline void LANE_CAT(LANE_FN, _transpose)(LV *m)
 {
-#if LANES >= 16
-    T_STAGE(m, 8);
+    LV u[LANES], v[LANES];
+    for (int p = 0; p < LANES / 2; p++) {
+        u[2 * p] = SHUF(m[2 * p], m[2 * p + 1], M_UNPACK32, 0);
+        u[2 * p + 1] = SHUF(m[2 * p], m[2 * p + 1], M_UNPACK32, 2);
+    }
+    /* v[4s + t], 128-bit block q: word 4q + t of rows 4s .. 4s+3 */
+    for (int s = 0; s < LANES / 4; s++) {
+        v[4 * s] = SHUF(u[4 * s], u[4 * s + 2], M_UNPACK64, 0);
+        v[4 * s + 1] = SHUF(u[4 * s], u[4 * s + 2], M_UNPACK64, 2);
+        v[4 * s + 2] = SHUF(u[4 * s + 1], u[4 * s + 3], M_UNPACK64, 0);
+        v[4 * s + 3] = SHUF(u[4 * s + 1], u[4 * s + 3], M_UNPACK64, 2);
+    }
+    for (int t = 0; t < 4; t++) {
+#if LANES == 4
+        m[t] = v[t];
+#elif LANES == 8
+        m[t] = SHUF(v[t], v[4 + t], M_BLOCKS8, 0);
+        m[4 + t] = SHUF(v[t], v[4 + t], M_BLOCKS8, 1);
+#else
+        LV p0 = SHUF(v[t], v[4 + t], M_BLOCKS16, 0), p1 = SHUF(v[t], v[4 + t], M_BLOCKS16, 1);
+        LV p2 = SHUF(v[8 + t], v[12 + t], M_BLOCKS16, 0);
+        LV p3 = SHUF(v[8 + t], v[12 + t], M_BLOCKS16, 1);
+        m[t] = SHUF(p0, p2, M_BLOCKS16, 0);
+        m[4 + t] = SHUF(p1, p3, M_BLOCKS16, 0);
+        m[8 + t] = SHUF(p0, p2, M_BLOCKS16, 1);
+        m[12 + t] = SHUF(p1, p3, M_BLOCKS16, 1);
 #endif
-#if LANES >= 8
-    T_STAGE(m, 4);
-#endif
-    T_STAGE(m, 2);
-    T_STAGE(m, 1);
+    }
 }
 
 #define LANE_ROTL(v, k) (((v) << (k)) | ((v) >> (32 - (k))))
@@ -108,7 +126,9 @@ void LANE_FN(uint32_t *B, uint32_t *V)
 
 #undef LV
 #undef LANE_LIST
-#undef T_LO
-#undef T_HI
-#undef T_STAGE
+#undef M_UNPACK32
+#undef M_UNPACK64
+#undef M_BLOCKS16
+#undef M_BLOCKS8
+#undef SHUF
 #undef LANE_ROTL
