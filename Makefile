@@ -40,3 +40,5 @@ fuzz: build
 
 clean:
 	rm -rf build *.egg-info agent/_scrypt*.so bench/out
+
+cross: ; bash tools/cross-armhf.sh
