@@ -225,6 +225,10 @@ def string_list(v: Any) -> tuple[Any, str | None]:
     return None, "must be a non-empty array of strings"
 
 
+def any_string(v: Any) -> tuple[Any, str | None]:
+    return (v, None) if isinstance(v, str) else (None, "must be a string")
+
+
 def i2c_bus(v: Any) -> tuple[Any, str | None]:
     if _is_int(v) and 0 <= v <= 255:
         return v, None
@@ -243,7 +247,7 @@ SCHEMA: dict[str, dict[str, Checker]] = {
     "pools": {
         "url": pool_url,
         "user": text,
-        "password": lambda v: (v, None) if isinstance(v, str) else (None, "must be a string"),
+        "password": any_string,
         "password_enc": fernet_token,
         "priority": int_in(0, 1000),
     },
