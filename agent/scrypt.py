@@ -1,15 +1,16 @@
 """The Python face of the C scrypt core (agent._scrypt).
 
-pow_hash(header80)            scrypt(N=1024, r=1, p=1, dkLen=32) of an 80-byte header (salt = header)
-scrypt(pw, salt, n, r, p, dk)  general RFC 7914 scrypt
+pow_hash(header80)          scrypt(N=1024, r=1, p=1, dkLen=32) of an 80-byte header (salt = header)
+scrypt(pw, salt, n, r, p, dk)
+                            general RFC 7914 scrypt
 scan(header80, start, count, target)
-                              hashes nonces start..start+count-1 (bytes 76..79, little-endian) of one
-                              header, lanes interleaved; returns [(nonce, raw_hash)] whose hash, read
-                              little-endian, is <= target
-backends(), backend()         the SIMD paths this CPU can run, and the one in use
+                            hashes nonces start..start+count-1 (bytes 76..79, little-endian) of
+                            one header, lanes interleaved; returns [(nonce, raw_hash)] whose hash,
+                            read little-endian, is <= target
+backends(), backend()       the SIMD paths this CPU can run, and the one in use
 
-DOGE_AGENT_SCRYPT_BACKEND=<name> picks a backend at import (tests use it); set_backend() at run time.
-Every call releases the GIL while hashing, so threads scale across cores.
+DOGE_AGENT_SCRYPT_BACKEND=<name> picks a backend at import (tests use it); set_backend() at run
+time. Every call releases the GIL while hashing, so threads scale across cores.
 """
 
 from __future__ import annotations
