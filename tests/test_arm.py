@@ -7,6 +7,7 @@ it (about 8 s)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -26,52 +27,65 @@ def require_arm_tools() -> None:
     require_peer("qemu-arm-static")
 
 
-def run_script(script: Path, *args: str) -> str:
-    res = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, f"{script} {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}"
+def run_script(script: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(script), *args], capture_output=True, text=True, timeout=600)
+
+
+def check(res: subprocess.CompletedProcess[str]) -> str:
+    assert res.returncode == 0, f"{' '.join(res.args)} failed:\n{res.stdout}\n{res.stderr}"
     return res.stdout
 
 
 @pytest.fixture(scope="module")
-def cross_output() -> str:
+def selftest_output() -> str:
     require_arm_tools()
-    return run_script(SCRIPT)
+    return check(run_script(SCRIPT, "--no-python"))
 
 
-def test_neon_and_portable_selftests_pass(cross_output: str) -> None:
+@pytest.fixture(scope="module")
+def python_output() -> str:
+    require_arm_tools()
+    res = run_script(SCRIPT, "--no-selftest")
+    # fetching the armhf sysroot needs deb.debian.org: offline, a developer run skips, CI fails
+    if "FAIL: sysroot:" in res.stderr and os.environ.get("REQUIRE_PEERS") != "1":
+        pytest.skip(f"could not fetch the armhf Python sysroot: {res.stderr.strip()}")
+    return check(res)
+
+
+def test_neon_and_portable_selftests_pass(selftest_output: str) -> None:
     for be, lanes in (("neon", 4), ("portable", 1)):
         m = re.search(
             rf"^OK: selftest {be}: backend {be} \({lanes} lanes?\): (\d+) vectors OK",
-            cross_output,
+            selftest_output,
             re.M,
         )
-        assert m, cross_output
+        assert m, selftest_output
         assert int(m[1]) >= 25
 
 
-def test_neon_is_a_runtime_choice(cross_output: str) -> None:
+def test_neon_is_a_runtime_choice(selftest_output: str) -> None:
     """NEON instructions live only in the NEON kernels, and a CPU without NEON still passes."""
-    m = re.search(r"^OK: NEON code confined to: (.*)$", cross_output, re.M)
-    assert m, cross_output
+    m = re.search(r"^OK: NEON code confined to: (.*)$", selftest_output, re.M)
+    assert m, selftest_output
     assert {s.strip() for s in m[1].split(",")} <= {"romix_lanes_neon", "romix_row_neon"}
     assert re.search(
         r"^OK: selftest without NEON: neon unavailable, "
         r"backend portable \(1 lane\): \d+ vectors OK",
-        cross_output,
+        selftest_output,
         re.M,
-    ), cross_output
+    ), selftest_output
 
 
-def test_python_extension_imports_on_armhf(cross_output: str) -> None:
+def test_python_extension_imports_on_armhf(python_output: str) -> None:
     lines = re.findall(
         r"^python 3\.11\.\d+ armv7l: agent\.scrypt (\S+) \(\d+ lanes?\): (\d+) vectors OK$",
-        cross_output,
+        python_output,
         re.M,
     )
     # neon and portable on the NEON CPU, then portable alone on the CPU without NEON
-    assert [name for name, _ in lines] == ["neon", "portable", "portable"], cross_output
+    assert [name for name, _ in lines] == ["neon", "portable", "portable"], python_output
     assert all(int(n) >= 11 for _, n in lines)
-    assert "OK: armhf all steps passed" in cross_output
+    assert "OK: armhf steps passed" in python_output
 
 
 def test_script_fails_when_a_vector_does_not_match(tmp_path: Path) -> None:
