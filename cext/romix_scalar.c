@@ -53,11 +53,14 @@ void romix_scalar(uint32_t *B, uint32_t *V)
 int scrypt_general(const uint8_t *pw, size_t pwlen, const uint8_t *salt, size_t saltlen,
                    uint64_t N, uint32_t r, uint32_t p, uint8_t *out, size_t dklen)
 {
-    size_t block = 128u * (size_t)r;
-    size_t blen = block * p;
+    /* every size must fit a size_t, which is 32 bits on the armhf board */
+    size_t block, blen, xlen, vlen;
+    if (__builtin_mul_overflow((size_t)128, r, &block) || __builtin_mul_overflow(block, p, &blen) ||
+        __builtin_mul_overflow(block, 2, &xlen) || __builtin_mul_overflow(block, N, &vlen))
+        return -1;
     uint8_t *Bb = malloc(blen);
-    uint32_t *X = malloc(block + block);
-    uint32_t *V = malloc((size_t)N * block);
+    uint32_t *X = malloc(xlen);
+    uint32_t *V = malloc(vlen);
     if (Bb == NULL || X == NULL || V == NULL) {
         free(Bb);
         free(X);
