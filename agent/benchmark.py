@@ -297,13 +297,18 @@ def _fmt_rate(x: float) -> str:
     return f"{x:,.0f}".replace(",", " ")
 
 
-def _row_result(impl: Impl, hashlib_median: float, single: dict[str, float]) -> dict[str, Any]:
+def _row_result(impl: Impl, hashlib_rates: list[float], single: dict[str, float]
+                ) -> dict[str, Any]:
     med = statistics.median(impl.rates)
+    hashlib_median = statistics.median(hashlib_rates)
     res: dict[str, Any] = {
         "name": impl.name, "kind": impl.kind, "backend": impl.backend, "threads": impl.threads,
         "hps_median": round(med, 1), "hps_min": round(min(impl.rates), 1),
         "hps_max": round(max(impl.rates), 1), "hps_rounds": [round(r, 1) for r in impl.rates],
         "us_per_hash": round(1e6 / med, 2), "x_hashlib": round(med / hashlib_median, 3),
+        # ratio within each round (rows of a round are minutes apart at most): drift cancels
+        "x_hashlib_rounds": [round(r / h, 3) for r, h in zip(impl.rates, hashlib_rates,
+                                                              strict=True)],
         "cpu_per_wall": round(statistics.median(impl.cpu_per_wall), 3),
         # hashes per second of CPU actually received: less sensitive to other load on the box
         "hps_per_cpu_second": round(statistics.median(
@@ -426,11 +431,11 @@ def _run(args: argparse.Namespace, default: str) -> int:
             impl.cpu_per_wall.append(cpu_wall)
         print(f"round {rnd + 1}/{args.rounds} done", file=sys.stderr, flush=True)
 
-    hashlib_median = statistics.median(
-        next(i for i in impls if i.kind == "hashlib" and i.threads == 1).rates)
+    hashlib_rates = next(i for i in impls if i.kind == "hashlib" and i.threads == 1).rates
+    hashlib_median = statistics.median(hashlib_rates)
     single = {("hashlib" if i.kind == "hashlib" else i.name): statistics.median(i.rates)
               for i in impls if i.threads == 1}
-    results = [_row_result(i, hashlib_median, single) for i in impls]
+    results = [_row_result(i, hashlib_rates, single) for i in impls]
     for name, why in notes.items():  # keep py-scrypt visible in the table when absent
         pos = next(n for n, r in enumerate(results) if r["name"] == "hashlib.scrypt") + 1
         results.insert(pos, {"name": name, "status": why})
