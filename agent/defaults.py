@@ -61,3 +61,34 @@ DEMO_TICKET_DIFFICULTY = 1 / 16  # one nonce per 4096 hashes: a few per second p
 
 # run: how often the status line is logged
 STATUS_LOG_INTERVAL_S = 30.0
+
+# stratum ---------------------------------------------------------------------------------------
+# (stratum/protocol.py, stratum/client.py, stratum/pools.py)
+# A real pool line is a few KiB at most (a notify with a long merkle branch); anything past this
+# is hostile or broken and the connection is dropped.
+STRATUM_MAX_LINE_BYTES = 64 * 1024
+STRATUM_MAX_MERKLE_BRANCH = 64  # 2**64 transactions: more is not a real block
+STRATUM_MAX_EXTRANONCE1_BYTES = 32
+STRATUM_MIN_EXTRANONCE2_SIZE = 1
+STRATUM_MAX_EXTRANONCE2_SIZE = 16
+STRATUM_MAX_JOB_ID_CHARS = 128
+STRATUM_INITIAL_DIFFICULTY = 1.0  # used until the pool's first set_difficulty
+STRATUM_CONNECT_TIMEOUT_S = 5.0
+STRATUM_REQUEST_TIMEOUT_S = 10.0  # subscribe / authorize replies
+STRATUM_SUBMIT_TIMEOUT_S = 10.0
+STRATUM_IDLE_TIMEOUT_S = 180.0  # no byte at all from the pool for this long: the link is dead
+STRATUM_LINE_TIMEOUT_S = 10.0  # a line started but not finished within this: a stalled peer
+STRATUM_MAX_BAD_LINES = 20  # malformed lines tolerated within STRATUM_BAD_WINDOW_S
+STRATUM_BAD_WINDOW_S = 60.0
+STRATUM_LATENCY_ALPHA = 0.2  # weight of the newest sample in the moving latency
+STRATUM_EXTRANONCE_SUBSCRIBE = True
+STRATUM_ALLOW_REDIRECT = False  # client.reconnect to another host is refused unless allowed
+STRATUM_MAX_RECONNECT_WAIT_S = 300.0
+# pools.py
+POOL_BACKOFF_BASE_S = 0.5
+POOL_BACKOFF_CAP_S = 60.0
+POOL_BACKOFF_JITTER = 0.25  # each delay is scaled by a random factor in [1 - jitter, 1]
+POOL_CIRCUIT_FAILURES = 3  # consecutive failed connects before the circuit opens
+POOL_STABILITY_S = 30.0  # a higher-priority pool must stay alive this long before fail-back
+POOL_MAX_QUEUED_SHARES = 1024  # per pool, while it is down; beyond this shares are counted lost
+POOL_QUEUED_SHARE_MAX_AGE_S = 120.0  # a queued share older than this is counted lost
