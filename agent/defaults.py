@@ -92,3 +92,40 @@ POOL_CIRCUIT_FAILURES = 3  # consecutive failed connects before the circuit open
 POOL_STABILITY_S = 30.0  # a higher-priority pool must stay alive this long before fail-back
 POOL_MAX_QUEUED_SHARES = 1024  # per pool, while it is down; beyond this shares are counted lost
 POOL_QUEUED_SHARE_MAX_AGE_S = 120.0  # a queued share older than this is counted lost
+
+
+# ---------------------------------------------------------------------------- board peripherals
+# PIC, sensors, fans, GPIO and LEDs (agent/hardware/{pic,sensors,fans,gpio,leds,board}.py).
+# Facts from reference/chips-bm1485.md §3; timings the stock driver uses unless said otherwise.
+
+PIC_FIRMWARE_VERSION = 0x03  # the only PIC firmware the L3+ driver knows
+PIC_HEARTBEAT_S = 10.0  # the stock driver sends 0x16 every 10 s per chain
+PIC_STEP_DELAY_S = 0.002  # pause between single-byte writes (stock hosts pause 0.2-500 ms)
+PIC_RESET_WAIT_S = 1.0  # after reset (0x07) and after jump-to-app (0x06)
+PIC_DCDC_SETTLE_S = 5.0  # after enabling DC-DC, before the ASIC reset
+PIC_TIMEOUT_S = 2.0  # one whole PIC command, pauses included
+PIC_RETRIES = 3  # attempts per command before it is reported failed
+PIC_DEAD_AFTER_FAILURES = 3  # consecutive failed health checks -> the PIC is "not answering"
+PIC_VOLTAGE_CODE_DEFAULT = 0x80  # about 10 V [3P]
+PIC_VOLTAGE_CODE_MAX = 0xFE
+PIC_VOLTAGE_AT_DEFAULT_V = 10.0
+PIC_VOLTAGE_SPAN_V = 1.0  # code 0x00 -> about +1 V, code 0xFE -> about -1 V [3P]
+
+ASIC_RESET_PULSE_S = 0.5  # reset line low 500 ms, then high, twice, then wait 500 ms
+ASIC_RESET_PULSES = 2
+
+SENSOR_MIN_PLAUSIBLE_C = -40.0  # TMP75 / TMP451 rated range; anything outside is a bad read
+SENSOR_MAX_PLAUSIBLE_C = 125.0
+TMP75_RESOLUTION_BITS = 12  # configured at open: 0.0625 °C (power-up is 9-bit)
+
+FAN_SAMPLE_S = 1.0  # the stock driver samples tach once per second
+FAN_PULSES_PER_REV = 2
+FAN_RPM_CAP = 6600  # the stock driver caps readings here (a glitch above is not a fan)
+FAN_DEAD_GRACE_S = 10.0  # 0 rpm at non-zero duty this long -> dead (stock: >10 failing checks)
+FAN_BOOT_DUTY_PCT = 100.0  # boot sequence step 1: fans 100 % until temperatures are known
+
+LED_SLOW_PERIOD_S = 2.0  # stock status loop toggles once per second
+LED_FAST_PERIOD_S = 0.4
+LED_HEARTBEAT_PERIOD_S = 1.4  # two short pulses, then a pause (like the kernel trigger)
+LED_HEARTBEAT_PULSE_S = 0.1
+LED_LOCATE_PERIOD_S = 0.2  # very fast: "find me in the rack"
