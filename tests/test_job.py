@@ -80,8 +80,10 @@ def test_genesis_rebuilt_from_fields(vectors, index):
     assert J.block_hash_hex(header) == b["block_hash"]
     pow_raw = scrypt.pow_hash(header)
     assert pow_raw[::-1].hex() == b["pow_hash"]
-    assert int.from_bytes(pow_raw, "little") <= job.network_target == nbits_to_target(
-        int(b["bits"], 16)
+    assert (
+        int.from_bytes(pow_raw, "little")
+        <= job.network_target
+        == nbits_to_target(int(b["bits"], 16))
     )
     params = job.submit_params("w", en2, b["time"], b["nonce"])
     assert params == ["w", b["coin"], en2.hex(), f"{b['time']:08x}", f"{b['nonce']:08x}"]

@@ -192,15 +192,11 @@ class Job:
         """The header without its nonce; ntime defaults to the job's."""
         n = self.notify
         t = n.ntime if ntime is None else ntime
-        return header80(n.version, self.prevhash, self.merkle_root(extranonce2), t, n.nbits, 0)[
-            :76
-        ]
+        return header80(n.version, self.prevhash, self.merkle_root(extranonce2), t, n.nbits, 0)[:76]
 
     def header80(self, extranonce2: bytes, nonce: int, ntime: int | None = None) -> bytes:
         return with_nonce(self.header76(extranonce2, ntime), nonce)
 
-    def submit_params(
-        self, worker: str, extranonce2: bytes, ntime: int, nonce: int
-    ) -> list[str]:
+    def submit_params(self, worker: str, extranonce2: bytes, ntime: int, nonce: int) -> list[str]:
         """mining.submit params: [worker, job_id, extranonce2_hex, ntime_hex, nonce_hex]."""
         return [worker, self.notify.job_id, extranonce2.hex(), hex_u32(ntime), hex_u32(nonce)]
