@@ -128,8 +128,9 @@ def _u8(value: int, what: str) -> int:
     return value
 
 
-def command(cmd: int, chip: int = 0, reg: int = 0, value: bytes | None = None,
-            broadcast: bool = False) -> bytes:  # fmt: skip
+def command(
+    cmd: int, chip: int = 0, reg: int = 0, value: bytes | None = None, broadcast: bool = False
+) -> bytes:
     """One command frame; the CRC5 covers every byte before it (32 or 64 bits)."""
     if cmd not in (CMD_SET_ADDRESS, CMD_WRITE_REG, CMD_READ_REG, CMD_CHAIN_INACTIVE):
         raise ValueError(f"unknown command {cmd}")
@@ -172,9 +173,18 @@ def ticket_mask_difficulty(mask: int) -> int:
     return mask + 1
 
 
-def misc_control_value(*, hashrate_ctrl1: int = 1, hashrate_ctrl2: int = 4, ldo18ctrl: int = 4,
-                       bt8d: int = 26, inv_clko: bool = True, rfs: bool = False,
-                       ldo09ctrl: int = 4, tfs: int = 0, ldo09_pd: bool = False) -> bytes:  # fmt: skip
+def misc_control_value(
+    *,
+    hashrate_ctrl1: int = 1,
+    hashrate_ctrl2: int = 4,
+    ldo18ctrl: int = 4,
+    bt8d: int = 26,
+    inv_clko: bool = True,
+    rfs: bool = False,
+    ldo09ctrl: int = 4,
+    tfs: int = 0,
+    ldo09_pd: bool = False,
+) -> bytes:
     """MISC_CONTROL from its fields (defaults give the stock 41 40 3A 10)."""
     b0 = (hashrate_ctrl1 & 7) | (hashrate_ctrl2 & 7) << 4
     b1 = (ldo18ctrl & 7) << 4
@@ -183,13 +193,20 @@ def misc_control_value(*, hashrate_ctrl1: int = 1, hashrate_ctrl2: int = 4, ldo1
     return bytes([b0, b1, b2, b3])
 
 
-def core_cmd_value(core: int, cmd_type: int, data: int = 0, *, all_cores: bool = False,
-                   ana_sel: int = 0) -> bytes:  # fmt: skip
+def core_cmd_value(
+    core: int, cmd_type: int, data: int = 0, *, all_cores: bool = False, ana_sel: int = 0
+) -> bytes:
     """CORE_CMD_IN: b0 ana_sel | all-cores, b1 core index, b2 command type, b3 data."""
     if core not in CORES:
         raise ValueError(f"core must be one of {CORES}, got {core}")
-    return bytes([(ana_sel & 0x1F) | (0x80 if all_cores else 0), core, _u8(cmd_type, "core "
-                  "command"), _u8(data, "core command data")])  # fmt: skip
+    return bytes(
+        [
+            (ana_sel & 0x1F) | (0x80 if all_cores else 0),
+            core,
+            _u8(cmd_type, "core command"),
+            _u8(data, "core command data"),
+        ]
+    )
 
 
 def iic_read_value(device: int, reg: int) -> bytes:
@@ -199,8 +216,14 @@ def iic_read_value(device: int, reg: int) -> bytes:
 
 def iic_write_value(device: int, reg: int, data: int) -> bytes:
     """GENERAL_IIC: write `data` to sensor register `reg` (0x4C, 0x11, vv -> 01 99 11 vv)."""
-    return bytes([IIC_REG_VALID, (device & 0x7F) << 1 | 1, _u8(reg, "sensor register"),
-                  _u8(data, "sensor data")])  # fmt: skip
+    return bytes(
+        [
+            IIC_REG_VALID,
+            (device & 0x7F) << 1 | 1,
+            _u8(reg, "sensor register"),
+            _u8(data, "sensor data"),
+        ]
+    )
 
 
 def iic_auto_read_value(device: int = TMP451_ADDR) -> bytes:
@@ -232,8 +255,9 @@ def pll_for(frequency_mhz: float) -> Pll:
     """The PLL setting closest to `frequency_mhz` (the stock table's style: REFDIV 2, POSTDIV2 1,
     VCO = 25 * FBDIV / 2 at most 1600 MHz; ties go to the higher VCO). 384 -> 00 7B 02 41."""
     if not PLL_MIN_MHZ <= frequency_mhz <= PLL_MAX_MHZ:
-        raise ValueError(f"frequency must be in {PLL_MIN_MHZ:g}..{PLL_MAX_MHZ:g} MHz, "
-                         f"got {frequency_mhz}")  # fmt: skip
+        raise ValueError(
+            f"frequency must be in {PLL_MIN_MHZ:g}..{PLL_MAX_MHZ:g} MHz, got {frequency_mhz}"
+        )
     best: tuple[float, float, Pll] | None = None
     for postdiv1 in range(1, 8):
         fb = round(frequency_mhz * 2 * postdiv1 / REF_CLOCK_MHZ)
@@ -283,8 +307,11 @@ def work_frame(work_id: int, header76: bytes, start_nonce: int | None = None) ->
     if start_nonce is None:
         body = bytes([TYPE_WORK, 80, work_id, 0]) + data
     else:
-        body = (bytes([TYPE_WORK | WORK_FLAG_START_NONCE, 84, work_id, 0])
-                + start_nonce.to_bytes(4, "big") + data)  # fmt: skip
+        body = (
+            bytes([TYPE_WORK | WORK_FLAG_START_NONCE, 84, work_id, 0])
+            + start_nonce.to_bytes(4, "big")
+            + data
+        )
     return body + crc16(body).to_bytes(2, "big")
 
 
@@ -328,8 +355,13 @@ def decode_command(frame: bytes) -> Command:
         raise FrameError(f"command length byte {n} with {len(frame)} bytes")
     if crc5(frame, n * 8) != frame[n]:
         raise FrameError(f"command CRC5 {frame[n]:#04x}, want {crc5(frame, n * 8):#04x}")
-    return Command(frame[0] & 0x0F, bool(frame[0] & FLAG_BROADCAST), frame[2], frame[3],
-                   bytes(frame[4:8]) if n == 8 else None)  # fmt: skip
+    return Command(
+        frame[0] & 0x0F,
+        bool(frame[0] & FLAG_BROADCAST),
+        frame[2],
+        frame[3],
+        bytes(frame[4:8]) if n == 8 else None,
+    )
 
 
 # ---------------------------------------------------------------------------- responses
@@ -455,7 +487,9 @@ class StreamDecoder:
             self._skip(first)
             if not final and len(buf) < 6 + 7 * self.LOOKAHEAD:
                 break  # not enough bytes yet to choose between overlapping candidates
-            runs = [self._run(j) if response_ok(buf, j) else -1 for j in range(min(7, len(buf) - 6))]
+            runs = [
+                self._run(j) if response_ok(buf, j) else -1 for j in range(min(7, len(buf) - 6))
+            ]
             self._skip(runs.index(max(runs)))
             self._synced = True
         if final and not self._synced and 0 < len(buf) < RESPONSE_BYTES:
