@@ -1,0 +1,552 @@
+"""Emulated BM1485 chains behind real pseudo-terminals, written from the reference, not our driver.
+
+shared/reference/chips-bm1485.md §1 is the only source: this module re-derives the frame handling
+(its own CRC5 and CRC16, its own parsers and response builders) so that the driver in
+agent.hardware is tested against an independent implementation.
+
+Each EmulatedChain owns a pty (os.openpty, raw mode) and one thread that reads host frames from the
+master side, answers like a daisy chain of N chips, and hashes. The hash rate is a model: a chip at
+f MHz "does" f x 12 x 0.95 / 2500 MH/s and a real chip reports the nonces meeting its ticket mask
+(difficulty 256 for 0xFF), about 0.1 per second. The emulator reports the same number of nonces but
+finds them with real scrypt (agent.scrypt.scan) at an easy ticket difficulty (default 1/1024), so it
+computes only rate x ticket_difficulty / 256 hashes per second: about 6.7 H/s per chip, 2,000 H/s
+for a 4 x 72 board. Every nonce meets the easy ticket, scaled by the mask the host wrote.
+
+Faults (thread-safe methods): vanish(chip)/restore(chip), corrupt(n) (next n frames with a flipped
+bit), lose_bytes(n) (next n frames lose a byte), noise(n) (n random bytes on the line),
+bad_nonces(n) (next n nonces do not meet the ticket), unknown_work_nonces(n) (next n nonces carry a
+work id never sent), go_silent() (nothing answers until reset() or wake()).
+Thermal hook: temps(chain, chip_position) -> (local_c, remote_c) or one float for both."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import select
+import threading
+import time
+import tty
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from agent import scrypt
+from agent.mining.targets import difficulty_to_target
+
+log = logging.getLogger(__name__)
+
+Temps = Callable[[int, int], "tuple[float, float] | float"]
+
+DEFAULT_CHIPS = 72
+DEFAULT_TICKET_DIFFICULTY = 1 / 1024
+DEFAULT_SENSOR_POSITIONS = (4, 67)  # chips 0x0C and 0xC9 once addressed 3 apart (§3.4)
+DEFAULT_TEMP_C = 45.0
+DIODE_BIAS_C = 40.0  # raw diode reading above die temperature; the stock offset 0xD8 cancels it
+TICK_S = 0.01
+CHUNK = 16  # nonces hashed per scan call: small, so work spreads evenly over chips and cores
+MAX_HASH_RATE_HS = 5000.0  # per chain: a 4-chain board stays under one core even when sped up
+CORE_NUMBERS = (0, 1, 2, 3, 4, 5, 8, 9, 10, 11, 12, 13)
+
+
+# ---------------------------------------------------------------------------- own CRCs
+
+
+def _crc5(data: bytes, nbits: int) -> int:
+    # Shift register form of x^5 + x^2 + 1 with init 11111, MSB first (§1.3).
+    reg = [1, 1, 1, 1, 1]
+    for i in range(nbits):
+        din = ((data[i // 8] << (i % 8)) & 0x80) >> 7
+        fb = reg[4] ^ din
+        reg = [fb, reg[0], reg[1] ^ fb, reg[2], reg[3]]
+    return reg[4] << 4 | reg[3] << 3 | reg[2] << 2 | reg[1] << 1 | reg[0]
+
+
+def _crc16_ccitt_false(data: bytes) -> int:
+    crc = 0xFFFF
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = (crc << 1) ^ 0x1021 if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+# ---------------------------------------------------------------------------- chips
+
+
+@dataclass
+class _Sensor:
+    """A TMP451-class sensor at 0x4C behind a chip's I2C master."""
+
+    regs: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Chip:
+    position: int
+    address: int = 0
+    addressed: bool = False
+    vanished: bool = False
+    pll: bytes = b"\0\0\0\0"
+    ticket_mask: int = 0
+    misc: bytes = b"\0\0\0\0"
+    iic: bytes = b"\0\0\0\0"
+    auto_read: bool = False
+    cores_enabled: set[int] = field(default_factory=set)
+    regs: dict[int, bytes] = field(default_factory=dict)
+    sensor: _Sensor | None = None
+    counters: dict[int, int] = field(default_factory=dict)  # core -> next 20-bit counter
+
+    @property
+    def frequency_mhz(self) -> float:
+        fb, ref, post = self.pll[1], self.pll[2], self.pll[3]
+        p1, p2 = post >> 4, post & 0xF
+        if not (fb and ref and p1 and p2):
+            return 0.0
+        return 25.0 * fb / (ref * p1 * p2)
+
+    @property
+    def hashrate_hs(self) -> float:
+        if len(self.cores_enabled) < 12:
+            return 0.0
+        return self.frequency_mhz * 12 * 0.95 / 2500 * 1e6
+
+
+@dataclass
+class EmulatorStats:
+    frames_in: int = 0
+    bad_crc_in: int = 0  # host frames ignored for a bad CRC
+    junk_in: int = 0  # bytes that started no frame
+    works_in: int = 0
+    frames_out: int = 0
+    nonces_out: int = 0
+    hashes: int = 0
+
+
+class EmulatedChain:
+    def __init__(
+        self,
+        chips: int = DEFAULT_CHIPS,
+        chain: int = 0,
+        *,
+        ticket_difficulty: float = DEFAULT_TICKET_DIFFICULTY,
+        temps: Temps | None = None,
+        sensor_positions: tuple[int, ...] = DEFAULT_SENSOR_POSITIONS,
+        rate_scale: float = 1.0,
+        max_hash_rate_hs: float = MAX_HASH_RATE_HS,
+        seed: int | None = None,
+    ) -> None:
+        if not 1 <= chips <= 256:
+            raise ValueError(f"chips must be in 1..256, got {chips}")
+        self.chain = chain
+        self.ticket_difficulty = ticket_difficulty
+        self.temps = temps
+        self.rate_scale = rate_scale
+        self.max_hash_rate_hs = max_hash_rate_hs
+        self.stats = EmulatorStats()
+        self._rng = random.Random(seed)
+        self._lock = threading.RLock()
+        self._chips = [_Chip(i) for i in range(chips)]
+        for p in sensor_positions:
+            if p < chips:
+                self._chips[p].sensor = _Sensor()
+        self._work: dict[int, bytes] = {}  # work id -> header80 (nonce zero); latest per id
+        self._current: tuple[int, bytes] | None = None
+        self._rr = 0  # round robin over (chip, core) slots
+        self._budget = 0.0
+        self._silent = False
+        self._corrupt = self._lose = self._bad = self._unknown = 0
+        self._inbuf = bytearray()
+        self._outbuf = bytearray()
+        self.master, self._slave = os.openpty()
+        tty.setraw(self._slave)  # no echo, no line discipline: bytes pass as they are
+        tty.setraw(self.master)
+        os.set_blocking(self.master, False)
+        self.path = os.ttyname(self._slave)
+        self._wake_r, self._wake_w = os.pipe()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> EmulatedChain:
+        self._thread = threading.Thread(
+            target=self._main, name=f"emu-chain-{self.chain}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+        if self._thread is not None:
+            self._thread.join(5)
+        for fd in (self.master, self._slave, self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def __enter__(self) -> EmulatedChain:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def reset(self) -> None:
+        """The reset GPIO: every chip back to power-on state; clears a silent chain."""
+        with self._lock:
+            for c in self._chips:
+                sensor, vanished = c.sensor, c.vanished
+                c.__init__(c.position)  # type: ignore[misc]
+                c.sensor, c.vanished = sensor, vanished
+            self._work.clear()
+            self._current = None
+            self._silent = False
+            self._inbuf.clear()
+            self._outbuf.clear()
+
+    # ------------------------------------------------------------------ faults
+
+    def vanish(self, position: int) -> None:
+        with self._lock:
+            self._chips[position].vanished = True
+
+    def restore(self, position: int) -> None:
+        with self._lock:
+            self._chips[position].vanished = False
+
+    def corrupt(self, frames: int = 1) -> None:
+        with self._lock:
+            self._corrupt += frames
+
+    def lose_bytes(self, frames: int = 1) -> None:
+        with self._lock:
+            self._lose += frames
+
+    def noise(self, nbytes: int) -> None:
+        with self._lock:
+            self._outbuf += bytes(self._rng.randrange(256) for _ in range(nbytes))
+
+    def bad_nonces(self, count: int = 1) -> None:
+        with self._lock:
+            self._bad += count
+
+    def unknown_work_nonces(self, count: int = 1) -> None:
+        with self._lock:
+            self._unknown += count
+
+    def go_silent(self) -> None:
+        with self._lock:
+            self._silent = True
+
+    def wake(self) -> None:
+        with self._lock:
+            self._silent = False
+
+    # ------------------------------------------------------------------ introspection
+
+    def chip_address(self, position: int) -> int | None:
+        c = self._chips[position]
+        return c.address if c.addressed else None
+
+    def frequency_mhz(self, position: int = 0) -> float:
+        return self._chips[position].frequency_mhz
+
+    def ticket_mask(self, position: int = 0) -> int:
+        return self._chips[position].ticket_mask
+
+    def position_of(self, address: int) -> int | None:
+        for c in self._chips:
+            if c.addressed and c.address == address:
+                return c.position
+        return None
+
+    # ------------------------------------------------------------------ the thread
+
+    def _main(self) -> None:
+        last = time.monotonic()
+        while not self._stop.is_set():
+            want_w = [self.master] if self._outbuf else []
+            try:
+                r, _w, _ = select.select([self.master, self._wake_r], want_w, [], TICK_S)
+            except (OSError, ValueError):
+                return
+            if self.master in r:
+                try:
+                    data = os.read(self.master, 4096)
+                except BlockingIOError:
+                    data = b""
+                except OSError:
+                    data = b""  # no slave open right now (EIO): nothing to read
+                if data:
+                    with self._lock:
+                        self._inbuf += data
+                        self._parse()
+            if self._outbuf:
+                with self._lock:
+                    try:
+                        n = os.write(self.master, self._outbuf)
+                        del self._outbuf[:n]
+                    except (BlockingIOError, OSError):
+                        pass
+            now = time.monotonic()
+            self._hash(now - last)
+            last = now
+
+    # ------------------------------------------------------------------ host frames
+
+    def _parse(self) -> None:
+        buf = self._inbuf
+        while buf:
+            kind = buf[0] & 0xE0
+            if kind == 0x40:
+                if len(buf) < 2:
+                    return
+                n = buf[1]
+                if n not in (4, 8):
+                    del buf[:1]
+                    self.stats.junk_in += 1
+                    continue
+                if len(buf) < n + 1:
+                    return
+                frame = bytes(buf[: n + 1])
+                if frame[n] != _crc5(frame, n * 8):
+                    self.stats.bad_crc_in += 1
+                    del buf[:1]
+                    continue
+                del buf[: n + 1]
+                self.stats.frames_in += 1
+                self._command(frame)
+            elif buf[0] in (0x20, 0x21):
+                if len(buf) < 2:
+                    return
+                n = buf[1]
+                if n != (84 if buf[0] & 1 else 80):
+                    del buf[:1]
+                    self.stats.junk_in += 1
+                    continue
+                if len(buf) < n + 2:
+                    return
+                frame = bytes(buf[: n + 2])
+                if int.from_bytes(frame[n:], "big") != _crc16_ccitt_false(frame[:n]):
+                    self.stats.bad_crc_in += 1
+                    del buf[:1]
+                    continue
+                del buf[: n + 2]
+                self.stats.frames_in += 1
+                self._work_frame(frame)
+            else:
+                del buf[:1]
+                self.stats.junk_in += 1
+
+    def _targets(self, frame: bytes) -> list[_Chip]:
+        live = [c for c in self._chips if not c.vanished]
+        if frame[0] & 0x10:
+            return live
+        return [c for c in live if c.address == frame[2]]
+
+    def _command(self, frame: bytes) -> None:
+        cmd = frame[0] & 0x0F
+        if cmd == 3:  # chain inactive: every chip forgets its address and waits for one
+            for c in self._chips:
+                c.addressed = False
+        elif cmd == 0:  # set address: the first chip in chain order still without one takes it
+            for c in self._chips:
+                if not c.addressed and not c.vanished:
+                    c.address, c.addressed = frame[2], True
+                    break
+        elif cmd == 2:
+            for c in self._targets(frame):
+                self._reply_register(c, frame[3])
+        elif cmd == 1:
+            for c in self._targets(frame):
+                self._write(c, frame[3], frame[4:8])
+
+    def _write(self, c: _Chip, reg: int, v: bytes) -> None:
+        c.regs[reg] = v
+        if reg == 0x08:
+            c.pll = v
+        elif reg == 0x14:
+            c.ticket_mask = int.from_bytes(v, "big")
+        elif reg == 0x18:
+            c.misc = v
+        elif reg == 0x3C:
+            if v[2] == 0:  # clock enable
+                if v[0] & 0x80:
+                    c.cores_enabled.update(CORE_NUMBERS)
+                elif v[1] & 0x0F in CORE_NUMBERS:
+                    c.cores_enabled.add(v[1] & 0x0F)
+        elif reg == 0x1C:
+            self._iic(c, v)
+
+    def _iic(self, c: _Chip, v: bytes) -> None:
+        device, is_write, sreg, data = v[1] >> 1, v[1] & 1, v[2], v[3]
+        if c.sensor is None or device != 0x4C:
+            c.iic = bytes([v[0] | 0x40, v[1], v[2], 0])  # rw_fail: nobody answered
+            return
+        if v[0] & 0x02:
+            c.auto_read = True
+            c.iic = bytes([v[0], v[1], v[2], 0])
+            return
+        if is_write:
+            c.sensor.regs[sreg] = data
+            c.iic = bytes([0x01, v[1], sreg, data])  # the echo of the write
+        else:
+            c.iic = bytes([0x01, v[1], sreg, self._sensor_read(c, sreg)])
+
+    def _temps(self, c: _Chip) -> tuple[float, float]:
+        if self.temps is None:
+            return DEFAULT_TEMP_C, DEFAULT_TEMP_C
+        t = self.temps(self.chain, c.position)
+        if isinstance(t, tuple):
+            return float(t[0]), float(t[1])
+        return float(t), float(t)
+
+    def _sensor_read(self, c: _Chip, sreg: int) -> int:
+        assert c.sensor is not None
+        local, remote = self._temps(c)
+        if sreg == 0x00:
+            return max(0, min(255, round(local)))
+        if sreg == 0x01:
+            off = c.sensor.regs.get(0x11, 0)
+            off = off - 256 if off >= 128 else off
+            return max(0, min(255, round(remote + DIODE_BIAS_C + off)))
+        return c.sensor.regs.get(sreg, 0)
+
+    def _reply_register(self, c: _Chip, reg: int) -> None:
+        if reg == 0x00:
+            value = b"\x14\x85\x00\x00"
+        elif reg == 0x04:
+            rate = c.hashrate_hs * self.rate_scale
+            value = min(0xFFFFFFFF, int(rate) >> 8).to_bytes(4, "big")
+        elif reg == 0x08:
+            value = c.pll
+        elif reg == 0x14:
+            value = c.ticket_mask.to_bytes(4, "big")
+        elif reg == 0x18:
+            value = c.misc
+        elif reg == 0x1C:
+            value = c.iic
+        elif reg == 0x44:
+            if c.sensor is not None and c.auto_read:
+                value = bytes([0, self._sensor_read(c, 0), 0, self._sensor_read(c, 1)])
+            else:
+                value = b"\0\0\0\0"
+        else:
+            value = c.regs.get(reg, b"\0\0\0\0")
+        head = value + bytes([c.address, reg, 0])
+        self._emit(head[:6] + bytes([_crc5(head, 51)]))
+
+    def _work_frame(self, frame: bytes) -> None:
+        self.stats.works_in += 1
+        data = frame[8:-2] if frame[0] & 1 else frame[4:-2]
+        # data = header words 18..0; put them back in header order, nonce word last
+        header76 = b"".join(data[4 * i : 4 * i + 4] for i in range(18, -1, -1))
+        wid = frame[2] & 0x7F
+        self._work[wid] = header76 + b"\0\0\0\0"
+        self._current = (wid, self._work[wid])
+        for c in self._chips:
+            c.counters.clear()
+
+    # ------------------------------------------------------------------ chip frames out
+
+    def _emit(self, frame: bytes) -> None:
+        if self._silent:
+            return
+        out = bytearray(frame)
+        if self._corrupt:
+            self._corrupt -= 1
+            out[self._rng.randrange(len(out))] ^= 1 << self._rng.randrange(8)
+        if self._lose:
+            self._lose -= 1
+            del out[self._rng.randrange(len(out))]
+        self._outbuf += out
+        self.stats.frames_out += 1
+
+    def _nonce_frame(self, nonce: int, wid: int) -> bytes:
+        head = nonce.to_bytes(4, "big") + bytes([0, wid & 0x7F, 0x80])
+        return head[:6] + bytes([0x80 | _crc5(head, 51)])
+
+    # ------------------------------------------------------------------ hashing model
+
+    def _hash(self, dt: float) -> None:
+        with self._lock:
+            if self._silent or self._current is None:
+                self._budget = 0.0
+                return
+            hashing = [c for c in self._chips if c.addressed and not c.vanished and c.hashrate_hs]
+            if not hashing:
+                self._budget = 0.0
+                return
+            rate = sum(c.hashrate_hs for c in hashing) * self.rate_scale
+            computed = min(rate * self.ticket_difficulty / 256, self.max_hash_rate_hs)
+            self._budget = min(self._budget + computed * dt, computed + CHUNK)
+            jobs = []
+            while self._budget >= CHUNK:
+                self._budget -= CHUNK
+                slot = self._rr % (len(hashing) * 12)
+                self._rr += 1
+                c = hashing[slot // 12]
+                core = CORE_NUMBERS[slot % 12]
+                counter = c.counters.get(core, 0)
+                if counter + CHUNK > 1 << 20:
+                    continue  # this core has scanned its range of this work: it idles
+                c.counters[core] = counter + CHUNK
+                start = core << 28 | c.address << 20 | counter
+                mask = c.ticket_mask
+                jobs.append((start, mask))
+            wid, header = self._current
+        for start, mask in jobs:
+            difficulty = self.ticket_difficulty * (mask + 1) / 256
+            target = difficulty_to_target(difficulty)
+            found = scrypt.scan(header, start, CHUNK, target)
+            with self._lock:
+                self.stats.hashes += CHUNK
+                if self._current is None or self._current[0] != wid or self._silent:
+                    return  # new work or a reset while hashing: these nonces are stale
+                for nonce, _ in found:
+                    self._report(nonce, wid)
+
+    def _bad_nonce(self, nonce: int, wid: int) -> int:
+        # Same chip and core bits, but a counter whose hash misses the ticket (a broken core).
+        header = self._work[wid][:76]
+        target = difficulty_to_target(self.ticket_difficulty)
+        for bit in range(20):
+            bad = nonce ^ (1 << bit)
+            h = scrypt.pow_hash(header + bad.to_bytes(4, "little"))
+            if not scrypt.hash_meets(h, target):
+                return bad
+        return nonce ^ 1
+
+    def _report(self, nonce: int, wid: int) -> None:
+        if self._bad:
+            self._bad -= 1
+            nonce = self._bad_nonce(nonce, wid)
+        if self._unknown:
+            self._unknown -= 1
+            wid = (max(self._work, default=0) + 64) & 0x7F
+            while wid in self._work:
+                wid = (wid + 1) & 0x7F
+        self.stats.nonces_out += 1
+        self._emit(self._nonce_frame(nonce, wid))
+
+
+class EmulatedBoard:
+    """A whole L3+ class board: `chains` EmulatedChains, one pty each."""
+
+    def __init__(self, chains: int = 4, chips: int = DEFAULT_CHIPS, **kwargs: object) -> None:
+        self.chains = [EmulatedChain(chips, i, **kwargs) for i in range(chains)]  # type: ignore[arg-type]
+
+    @property
+    def paths(self) -> list[str]:
+        return [c.path for c in self.chains]
+
+    def start(self) -> EmulatedBoard:
+        for c in self.chains:
+            c.start()
+        return self
+
+    def stop(self) -> None:
+        for c in self.chains:
+            c.stop()
