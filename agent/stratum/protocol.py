@@ -218,10 +218,10 @@ def _reconnect(params: list[Any], msg_id: JsonId) -> Reconnect:
     host = params[0] if len(params) > 0 else None
     port = params[1] if len(params) > 1 else None
     wait = params[2] if len(params) > 2 else None
-    if host is not None and (not isinstance(host, str) or not _HOST.fullmatch(host)):
-        raise ProtocolError(f"client.reconnect host: not a host name: {_shown(host)}")
     if host == "":
         host = None
+    if host is not None and (not isinstance(host, str) or not _HOST.fullmatch(host)):
+        raise ProtocolError(f"client.reconnect host: not a host name: {_shown(host)}")
     if port is not None:
         if isinstance(port, str) and port.isdigit() and len(port) <= 5:
             port = int(port)
