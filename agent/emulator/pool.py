@@ -1,0 +1,814 @@
+"""A Stratum V1 pool for the demo and the tests (asyncio, 127.0.0.1 only).
+
+Server side written here on its own (it shares no code with agent.stratum's client, so the two
+check each other). Every share is validated with scrypt and answered with the real error codes:
+20 other, 21 job not found (stale), 22 duplicate, 23 low difficulty, 24 unauthorized worker,
+25 not subscribed.
+
+Two job sources:
+* RandomJobs: random prevhash and coinbase, a notify every job_interval_s, and a "new block"
+  (clean_jobs) every block_interval_s or when a share meets the network target.
+* NodeJobs: real templates from litecoind over JSON-RPC (getblocktemplate with the segwit and
+  mweb rules); a share meeting the network target becomes a block sent with submitblock; the
+  tip is polled and a new tip sends clean_jobs.
+
+Difficulty is per connection: FixedDifficulty, ScheduleDifficulty (for tests) or VarDiff (toward
+a target share interval). A new difficulty is sent with set_difficulty followed by a notify, and
+the pool latches, per connection and job, the difficulty and extranonce1 in force when it sent
+that notify (the miner applies set_difficulty and set_extranonce from the next notify).
+
+CLI: python -m agent.emulator.pool --port N [--node-rpc URL --rpc-user U --rpc-password P |
+--rpc-cookie FILE]"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import itertools
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from collections import Counter, OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent import scrypt
+from agent.emulator.gbt import OP_TRUE_SCRIPT, Template, TemplateError, from_gbt, random_template
+from agent.mining.job import (
+    MAX_NTIME_ROLL_S,
+    coinbase,
+    header80,
+    merkle_root,
+    sha256d,
+    swap_words,
+)
+from agent.mining.targets import difficulty_to_target
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+ERR_OTHER, ERR_STALE, ERR_DUPLICATE, ERR_LOW_DIFF, ERR_UNAUTHORIZED, ERR_NOT_SUBSCRIBED = range(
+    20, 26
+)
+ERROR_TEXT = {
+    ERR_OTHER: "Other/Unknown",
+    ERR_STALE: "Job not found",
+    ERR_DUPLICATE: "Duplicate share",
+    ERR_LOW_DIFF: "Low difficulty share",
+    ERR_UNAUTHORIZED: "Unauthorized worker",
+    ERR_NOT_SUBSCRIBED: "Not subscribed",
+}
+MAX_LINE_BYTES = 16 * 1024  # a longer line is hostile: the connection is dropped
+MAX_BAD_MESSAGES = 20  # unparseable or bad messages before the connection is dropped
+MAX_JOBS = 16  # jobs kept for late shares when no clean_jobs came
+WRITE_TIMEOUT_S = 5.0
+AGENT_NAME = "doge-agent-pool/0.1"
+
+
+class ShareError(Exception):
+    def __init__(self, code: int, detail: str | None = None) -> None:
+        self.code = code
+        self.message = detail or ERROR_TEXT[code]
+        super().__init__(f"{code} {self.message}")
+
+
+# ------------------------------------------------------------------------ difficulty policies
+
+
+@dataclass(frozen=True)
+class FixedDifficulty:
+    difficulty: float = 1.0
+
+    @property
+    def initial(self) -> float:
+        return self.difficulty
+
+    def next(self, current: float, accepted: int, times: deque[float], now: float) -> float | None:
+        return None
+
+
+@dataclass(frozen=True)
+class ScheduleDifficulty:
+    """Difficulties in order: the next one after every `every` accepted shares (then stays)."""
+
+    steps: tuple[float, ...]
+    every: int = 1
+
+    @property
+    def initial(self) -> float:
+        return self.steps[0]
+
+    def next(self, current: float, accepted: int, times: deque[float], now: float) -> float | None:
+        if accepted % self.every:
+            return None
+        i = min(accepted // self.every, len(self.steps) - 1)
+        return self.steps[i] if self.steps[i] != current else None
+
+
+@dataclass(frozen=True)
+class VarDiff:
+    """Retarget toward one share per target_interval_s, from the last `window` share times."""
+
+    initial: float = 1.0
+    target_interval_s: float = 5.0
+    window: int = 8
+    minimum: float = 2**-16
+    maximum: float = 2**20
+    tolerance: float = 1.5  # change only when off by more than this factor
+
+    def next(self, current: float, accepted: int, times: deque[float], now: float) -> float | None:
+        if len(times) < 2 or accepted % self.window:
+            return None
+        interval = max(1e-6, (times[-1] - times[0]) / (len(times) - 1))
+        ratio = self.target_interval_s / interval
+        if 1 / self.tolerance <= ratio <= self.tolerance:
+            return None
+        ratio = min(4.0, max(0.25, ratio))  # move gently: a burst is not a new hashrate
+        return min(self.maximum, max(self.minimum, current * ratio))
+
+
+DifficultyPolicy = FixedDifficulty | ScheduleDifficulty | VarDiff
+
+
+# --------------------------------------------------------------------------------- state
+
+
+@dataclass
+class PoolJob:
+    job_id: str
+    template: Template
+    clean: bool
+    submitted: set[tuple[bytes, bytes, int, int]] = field(default_factory=set)
+
+
+@dataclass
+class PoolStats:
+    accepted: int = 0
+    rejected: Counter[int] = field(default_factory=Counter)
+    blocks_found: int = 0
+    blocks_submitted: int = 0
+    blocks_accepted: int = 0
+    block_verdicts: list[str | None] = field(default_factory=list)
+    connections: int = 0
+    notifies: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "accepted": self.accepted,
+            "rejected": {str(k): v for k, v in sorted(self.rejected.items())},
+            "blocks_found": self.blocks_found,
+            "blocks_submitted": self.blocks_submitted,
+            "blocks_accepted": self.blocks_accepted,
+            "connections": self.connections,
+        }
+
+
+class Session:
+    """One miner connection."""
+
+    def __init__(self, pool: StratumPool, reader: asyncio.StreamReader, writer: Any) -> None:
+        self.pool = pool
+        self.reader = reader
+        self.writer = writer
+        self.extranonce1 = b""
+        self.subscribed = False
+        self.extranonce_subscribed = False
+        self.workers: set[str] = set()
+        self.difficulty = pool.policy.initial
+        self.latched: OrderedDict[str, tuple[float, bytes]] = OrderedDict()  # job -> (diff, en1)
+        self.accepted = 0
+        self.share_times: deque[float] = deque(maxlen=getattr(pool.policy, "window", 8))
+        self.bad = 0
+        self.started = False  # first difficulty + notify sent
+        self.closed = False
+
+    async def send(self, obj: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        self.writer.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+        try:
+            await asyncio.wait_for(self.writer.drain(), WRITE_TIMEOUT_S)
+        except (TimeoutError, ConnectionError):
+            self.close()
+
+    async def reply(self, msg_id: Any, result: Any = None, error: ShareError | None = None) -> None:
+        err = None if error is None else [error.code, error.message, None]
+        await self.send({"id": msg_id, "result": result, "error": err})
+
+    async def notify(self, job: PoolJob, clean: bool | None = None) -> None:
+        t = job.template
+        self.latched[job.job_id] = (self.difficulty, self.extranonce1)
+        while len(self.latched) > 4 * MAX_JOBS:
+            self.latched.popitem(last=False)
+        self.pool.stats.notifies += 1
+        params = [
+            job.job_id,
+            swap_words(t.prevhash).hex(),
+            t.coinb1.hex(),
+            t.coinb2.hex(),
+            [b.hex() for b in t.branch],
+            f"{t.version:08x}",
+            f"{t.nbits:08x}",
+            f"{t.ntime:08x}",
+            job.clean if clean is None else clean,
+        ]
+        await self.send({"id": None, "method": "mining.notify", "params": params})
+
+    async def set_difficulty(self, difficulty: float) -> None:
+        self.difficulty = difficulty
+        await self.send({"id": None, "method": "mining.set_difficulty", "params": [difficulty]})
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.writer.close()
+
+
+# ------------------------------------------------------------------------------ job sources
+
+
+class RandomJobs:
+    """Random templates: no node needed."""
+
+    def __init__(
+        self,
+        *,
+        nbits: int = 0x1E0FFFF0,
+        job_interval_s: float = 30.0,
+        block_interval_s: float | None = None,
+        new_block_on_find: bool = True,
+    ) -> None:
+        self.nbits = nbits
+        self.job_interval_s = job_interval_s
+        self.block_interval_s = block_interval_s
+        self.new_block_on_find = new_block_on_find
+        self._height = 1000
+
+    def template(self, pool: StratumPool, new_block: bool) -> Template:
+        if new_block:
+            self._height += 1
+        return random_template(
+            nbits=self.nbits,
+            extranonce_size=pool.extranonce1_size + pool.extranonce2_size,
+            ntime=int(time.time()),
+            height=self._height,
+        )
+
+    async def run(self, pool: StratumPool) -> None:
+        await pool.publish(self.template(pool, True), clean=True)
+        last_block = time.monotonic()
+        while True:
+            await asyncio.sleep(self.job_interval_s)
+            new_block = (
+                self.block_interval_s is not None
+                and time.monotonic() - last_block >= self.block_interval_s
+            )
+            if new_block:
+                last_block = time.monotonic()
+            await pool.publish(self.template(pool, new_block), clean=new_block)
+
+    async def found_block(self, pool: StratumPool, t: Template, block: bytes) -> str | None:
+        if self.new_block_on_find:
+            await pool.publish(self.template(pool, True), clean=True)
+        return None
+
+
+class RPCError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        self.code = code
+        super().__init__(f"RPC error {code}: {message}")
+
+
+class NodeRPC:
+    """Minimal JSON-RPC over HTTP with basic auth (blocking; call it via asyncio.to_thread)."""
+
+    def __init__(
+        self,
+        url: str,
+        user: str | None = None,
+        password: str | None = None,
+        cookie_file: str | None = None,
+        timeout_s: float = 30.0,
+    ) -> None:
+        if cookie_file is not None:
+            with open(cookie_file) as f:
+                user, _, password = f.read().strip().partition(":")
+        if user is None or password is None:
+            raise ValueError("node RPC needs --rpc-user and --rpc-password, or --rpc-cookie")
+        self.url = url
+        self.timeout_s = timeout_s
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        self._headers = {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
+        self._ids = itertools.count(1)
+
+    def call(self, method: str, *params: Any) -> Any:
+        body = json.dumps({"jsonrpc": "1.0", "id": next(self._ids), "method": method,
+                           "params": list(params)}).encode()  # fmt: skip
+        req = urllib.request.Request(self.url, data=body, headers=self._headers)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                answer = json.loads(resp.read())
+        except urllib.error.HTTPError as e:  # errors come back as HTTP 500 with a JSON body
+            raw = e.read()
+            try:
+                answer = json.loads(raw)
+            except ValueError:
+                raise RPCError(-1, f"HTTP {e.code} from {method}: {raw[:200]!r}") from None
+        err = answer.get("error")
+        if err:
+            raise RPCError(int(err.get("code", -1)), str(err.get("message", err)))
+        return answer.get("result")
+
+    async def acall(self, method: str, *params: Any) -> Any:
+        return await asyncio.to_thread(self.call, method, *params)
+
+
+GBT_RULES = {"rules": ["mweb", "segwit"]}  # litecoind 0.21 refuses anything else (-8)
+
+
+class NodeJobs:
+    """Templates from litecoind; blocks go back with submitblock."""
+
+    def __init__(
+        self,
+        rpc: NodeRPC,
+        *,
+        payout_script: bytes | None = None,
+        poll_s: float = 0.5,
+        refresh_s: float = 10.0,
+        version: int | None = None,
+    ) -> None:
+        self.rpc = rpc
+        self.payout_script = payout_script
+        self.poll_s = poll_s
+        self.refresh_s = refresh_s
+        self.version = version  # None: the template's (signals what it asks for)
+        self.tip: str | None = None
+        self._wake = asyncio.Event()
+        self.errors = 0
+
+    async def _payout(self) -> bytes:
+        if self.payout_script is None:
+            try:
+                addr = await self.rpc.acall("getnewaddress")
+                info = await self.rpc.acall("getaddressinfo", addr)
+                self.payout_script = bytes.fromhex(info["scriptPubKey"])
+                log.info("node mode: paying to wallet address %s", addr)
+            except (RPCError, KeyError, ValueError, OSError) as e:
+                log.warning("node mode: no wallet address (%s); paying to OP_TRUE", e)
+                self.payout_script = OP_TRUE_SCRIPT
+        return self.payout_script
+
+    async def template(self, pool: StratumPool) -> Template:
+        tpl = await self.rpc.acall("getblocktemplate", GBT_RULES)
+        return from_gbt(
+            tpl,
+            payout_script=await self._payout(),
+            extranonce_size=pool.extranonce1_size + pool.extranonce2_size,
+            version=self.version,
+        )
+
+    async def run(self, pool: StratumPool) -> None:
+        last_refresh = 0.0
+        backoff = self.poll_s
+        while True:
+            try:
+                tip = await self.rpc.acall("getbestblockhash")
+                now = time.monotonic()
+                if tip != self.tip or now - last_refresh >= self.refresh_s:
+                    t = await self.template(pool)
+                    new_tip = t.prevhash_display != self.tip
+                    self.tip = t.prevhash_display
+                    last_refresh = now
+                    await pool.publish(t, clean=new_tip)
+                backoff = self.poll_s
+            except (RPCError, TemplateError, OSError, ValueError) as e:
+                self.errors += 1
+                log.warning("node mode: %s (retrying in %.1f s)", e, backoff)
+                backoff = min(5.0, backoff * 2)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), backoff)
+
+    async def found_block(self, pool: StratumPool, t: Template, block: bytes) -> str | None:
+        verdict = await self.rpc.acall("submitblock", block.hex())
+        self._wake.set()  # fetch the next template now, whatever the verdict
+        return verdict
+
+
+JobSource = RandomJobs | NodeJobs
+
+
+# ------------------------------------------------------------------------------------ pool
+
+
+class StratumPool:
+    """The server. start() binds 127.0.0.1:port (0 picks a free port); stop() closes all."""
+
+    def __init__(
+        self,
+        *,
+        port: int = 0,
+        host: str = LOOPBACK,
+        source: JobSource | None = None,
+        policy: DifficultyPolicy | None = None,
+        extranonce1_size: int = 4,
+        extranonce2_size: int = 4,
+        users: dict[str, str] | None = None,
+        accept_suggested_difficulty: bool = True,
+    ) -> None:
+        if host != LOOPBACK:
+            raise ValueError(f"the emulated pool listens on {LOOPBACK} only, not {host!r}")
+        if not 1 <= extranonce1_size <= 8 or not 1 <= extranonce2_size <= 8:
+            raise ValueError("extranonce sizes must be in 1..8 bytes")
+        self.host = host
+        self._port = port
+        self.source: JobSource = source or RandomJobs()
+        self.policy: DifficultyPolicy = policy or FixedDifficulty(1.0)
+        self.extranonce1_size = extranonce1_size
+        self.extranonce2_size = extranonce2_size
+        self.users = users
+        self.accept_suggested_difficulty = accept_suggested_difficulty
+        self.stats = PoolStats()
+        self.jobs: OrderedDict[str, PoolJob] = OrderedDict()
+        self.sessions: set[Session] = set()
+        self._job_ids = itertools.count(1)
+        self._en1_counter = itertools.count(int.from_bytes(os.urandom(2), "big"))
+        self._en1_in_use: set[bytes] = set()
+        self._released: OrderedDict[bytes, None] = OrderedDict()  # resumable extranonce1s
+        self._server: asyncio.Server | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._current: PoolJob | None = None
+        self.first_job = asyncio.Event()
+        self.on_block: Callable[[str | None], Awaitable[None] | None] | None = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            return self._port
+        return self._server.sockets[0].getsockname()[1]
+
+    @property
+    def current_job(self) -> PoolJob | None:
+        return self._current
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._handle, self.host, self._port, limit=MAX_LINE_BYTES
+        )
+        self._tasks.append(asyncio.create_task(self.source.run(self), name="pool-jobs"))
+        log.info("emulated pool listening on %s:%d", self.host, self.port)
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+        for s in list(self.sessions):
+            s.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def __aenter__(self) -> StratumPool:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # ---------------------------------------------------------------------- jobs out
+
+    async def publish(self, template: Template, clean: bool) -> PoolJob:
+        """A new job for everyone; clean drops every older job (their shares become stale)."""
+        job = PoolJob(f"{next(self._job_ids):x}", template, clean)
+        if clean:
+            self.jobs.clear()
+        self.jobs[job.job_id] = job
+        while len(self.jobs) > MAX_JOBS:
+            self.jobs.popitem(last=False)
+        self._current = job
+        self.first_job.set()
+        for s in list(self.sessions):
+            if s.started:
+                await s.notify(job)
+        return job
+
+    async def new_block(self) -> None:
+        """Random mode: pretend the network found a block (clean_jobs for everyone)."""
+        if isinstance(self.source, RandomJobs):
+            await self.publish(self.source.template(self, True), clean=True)
+
+    async def _renotify(self, s: Session, clean: bool = False) -> None:
+        """Send a session the current template under a fresh job id (after a difficulty or
+        extranonce change, which the miner applies from the next notify)."""
+        cur = self._current
+        if cur is None:
+            return
+        alias = PoolJob(f"{next(self._job_ids):x}", cur.template, clean)
+        self.jobs[alias.job_id] = alias
+        while len(self.jobs) > MAX_JOBS:
+            self.jobs.popitem(last=False)
+        await s.notify(alias)
+
+    async def change_difficulty(self, s: Session, difficulty: float) -> None:
+        await s.set_difficulty(difficulty)
+        await self._renotify(s)
+
+    async def change_extranonce(self, s: Session) -> bool:
+        """Give a session a new extranonce1 (only if it sent extranonce.subscribe)."""
+        if not s.extranonce_subscribed:
+            return False
+        self._en1_in_use.discard(s.extranonce1)
+        s.extranonce1 = self._new_extranonce1()
+        await s.send({"id": None, "method": "mining.set_extranonce",
+                      "params": [s.extranonce1.hex(), self.extranonce2_size]})  # fmt: skip
+        await self._renotify(s)
+        return True
+
+    def _new_extranonce1(self) -> bytes:
+        while True:
+            value = next(self._en1_counter) % (1 << (8 * self.extranonce1_size))
+            en1 = value.to_bytes(self.extranonce1_size, "big")
+            if en1 not in self._en1_in_use and en1 not in self._released:
+                self._en1_in_use.add(en1)
+                return en1
+
+    # ------------------------------------------------------------------- connections
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        s = Session(self, reader, writer)
+        self.sessions.add(s)
+        self.stats.connections += 1
+        try:
+            while not s.closed:
+                try:
+                    line = await reader.readuntil(b"\n")
+                except asyncio.IncompleteReadError:
+                    break
+                except asyncio.LimitOverrunError:
+                    log.warning("pool: line over %d bytes; dropping the connection", MAX_LINE_BYTES)
+                    break
+                if line.strip():
+                    await self._message(s, line)
+                if s.bad > MAX_BAD_MESSAGES:
+                    log.warning("pool: too many bad messages; dropping the connection")
+                    break
+        except ConnectionError:
+            pass
+        finally:
+            s.close()
+            self.sessions.discard(s)
+            if s.extranonce1:
+                self._en1_in_use.discard(s.extranonce1)
+                self._released[s.extranonce1] = None
+                while len(self._released) > 256:
+                    self._released.popitem(last=False)
+
+    async def _message(self, s: Session, line: bytes) -> None:
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            s.bad += 1
+            await s.reply(None, None, ShareError(ERR_OTHER, "Parse error"))
+            return
+        if not isinstance(msg, dict):
+            s.bad += 1
+            await s.reply(None, None, ShareError(ERR_OTHER, "Not a JSON object"))
+            return
+        msg_id, method, params = msg.get("id"), msg.get("method"), msg.get("params", [])
+        if not isinstance(params, list):
+            s.bad += 1
+            await s.reply(msg_id, None, ShareError(ERR_OTHER, "params must be a list"))
+            return
+        handler = {
+            "mining.subscribe": self._subscribe,
+            "mining.authorize": self._authorize,
+            "mining.extranonce.subscribe": self._extranonce_subscribe,
+            "mining.suggest_difficulty": self._suggest_difficulty,
+            "mining.submit": self._submit,
+        }.get(method if isinstance(method, str) else "")
+        if handler is None:
+            if msg_id is not None and method is not None:
+                await s.reply(msg_id, None, ShareError(ERR_OTHER, f"Unknown method {method!r:.40}"))
+            return  # replies from the miner (to nothing we asked) are ignored
+        await handler(s, msg_id, params)
+
+    async def _maybe_start(self, s: Session) -> None:
+        """Difficulty and the current job, once subscribed and authorized."""
+        if s.started or not s.subscribed or not s.workers:
+            return
+        if not self.first_job.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.first_job.wait(), 30)
+        s.started = True
+        await s.set_difficulty(s.difficulty)
+        if self._current is not None:
+            await s.notify(self._current, clean=True)
+
+    async def _subscribe(self, s: Session, msg_id: Any, params: list[Any]) -> None:
+        resumed = False
+        if len(params) >= 2 and isinstance(params[1], str) and not s.subscribed:
+            try:
+                wanted = bytes.fromhex(params[1])
+            except ValueError:
+                wanted = b""
+            if wanted in self._released and len(wanted) == self.extranonce1_size:
+                del self._released[wanted]
+                self._en1_in_use.add(wanted)
+                s.extranonce1, resumed = wanted, True
+        if not s.subscribed and not resumed:
+            s.extranonce1 = self._new_extranonce1()
+        s.subscribed = True
+        sid = s.extranonce1.hex()
+        await s.reply(
+            msg_id,
+            [[["mining.set_difficulty", sid], ["mining.notify", sid]], sid, self.extranonce2_size],
+        )
+        await self._maybe_start(s)
+
+    async def _authorize(self, s: Session, msg_id: Any, params: list[Any]) -> None:
+        if not params or not isinstance(params[0], str) or not params[0]:
+            await s.reply(msg_id, False, ShareError(ERR_OTHER, "authorize needs a worker name"))
+            return
+        user = params[0]
+        password = params[1] if len(params) > 1 and isinstance(params[1], str) else ""
+        if self.users is not None and self.users.get(user) != password:
+            await s.reply(msg_id, False, ShareError(ERR_UNAUTHORIZED))
+            return
+        s.workers.add(user)
+        await s.reply(msg_id, True)
+        await self._maybe_start(s)
+
+    async def _extranonce_subscribe(self, s: Session, msg_id: Any, params: list[Any]) -> None:
+        s.extranonce_subscribed = True
+        await s.reply(msg_id, True)
+
+    async def _suggest_difficulty(self, s: Session, msg_id: Any, params: list[Any]) -> None:
+        try:
+            d = float(params[0])
+            difficulty_to_target(d)
+        except (IndexError, TypeError, ValueError):
+            await s.reply(
+                msg_id, False, ShareError(ERR_OTHER, "suggest_difficulty needs a number > 0")
+            )
+            return
+        await s.reply(msg_id, True)
+        if not self.accept_suggested_difficulty:
+            return
+        if isinstance(self.policy, VarDiff):
+            d = min(self.policy.maximum, max(self.policy.minimum, d))
+        if s.started:
+            await self.change_difficulty(s, d)
+        else:
+            s.difficulty = d
+
+    # ------------------------------------------------------------------------ shares
+
+    async def _submit(self, s: Session, msg_id: Any, params: list[Any]) -> None:
+        try:
+            block = self._check_share(s, params)
+        except ShareError as e:
+            self.stats.rejected[e.code] += 1
+            await s.reply(msg_id, False, e)
+            return
+        self.stats.accepted += 1
+        s.accepted += 1
+        now = time.monotonic()
+        s.share_times.append(now)
+        await s.reply(msg_id, True)
+        if block is not None:
+            await self._block(*block)
+        new = self.policy.next(s.difficulty, s.accepted, s.share_times, now)
+        if new is not None and new != s.difficulty:
+            s.share_times.clear()
+            await self.change_difficulty(s, new)
+
+    def _check_share(self, s: Session, params: list[Any]) -> tuple[Template, bytes, bytes] | None:
+        """Validate a submit; returns (template, header, coinbase) when it is also a block."""
+        if not s.subscribed:
+            raise ShareError(ERR_NOT_SUBSCRIBED)
+        if len(params) < 5 or not all(isinstance(p, str) for p in params[:5]):
+            raise ShareError(ERR_OTHER, "submit needs [worker, job_id, extranonce2, ntime, nonce]")
+        worker, job_id, en2_hex, ntime_hex, nonce_hex = params[:5]
+        if worker not in s.workers:
+            raise ShareError(ERR_UNAUTHORIZED)
+        job = self.jobs.get(job_id)
+        latched = s.latched.get(job_id)
+        if job is None or latched is None:
+            raise ShareError(ERR_STALE)
+        difficulty, en1 = latched
+        try:
+            en2 = bytes.fromhex(en2_hex)
+            ntime = int(ntime_hex, 16) if len(ntime_hex) == 8 else -1
+            nonce = int(nonce_hex, 16) if len(nonce_hex) == 8 else -1
+        except ValueError:
+            raise ShareError(ERR_OTHER, "extranonce2, ntime and nonce must be hex") from None
+        if len(en2) != self.extranonce2_size:
+            raise ShareError(ERR_OTHER, "Incorrect size of extranonce2")
+        if ntime < 0 or nonce < 0:
+            raise ShareError(ERR_OTHER, "ntime and nonce must be 8 hex digits")
+        t = job.template
+        if not t.mintime <= ntime <= t.ntime + MAX_NTIME_ROLL_S:
+            raise ShareError(ERR_OTHER, "ntime out of range")
+        key = (en1, en2, ntime, nonce)
+        if key in job.submitted:
+            raise ShareError(ERR_DUPLICATE)
+        cb = coinbase(t.coinb1, en1, en2, t.coinb2)
+        header = header80(
+            t.version, t.prevhash, merkle_root(sha256d(cb), t.branch), ntime, t.nbits, nonce
+        )
+        value = int.from_bytes(scrypt.pow_hash(header), "little")
+        if value > difficulty_to_target(difficulty):
+            raise ShareError(ERR_LOW_DIFF)
+        job.submitted.add(key)
+        if value <= t.network_target:
+            return t, header, cb
+        return None
+
+    async def _block(self, t: Template, header: bytes, cb: bytes) -> None:
+        self.stats.blocks_found += 1
+        block = t.block(header, cb)
+        try:
+            self.stats.blocks_submitted += 1
+            verdict = await self.source.found_block(self, t, block)
+        except (RPCError, OSError) as e:
+            verdict = f"error: {e}"
+        self.stats.block_verdicts.append(verdict)
+        if verdict is None:
+            self.stats.blocks_accepted += 1
+            log.info("block at height %d accepted", t.height)
+        else:
+            log.warning("block at height %d refused: %s", t.height, verdict)
+        if self.on_block is not None:
+            r = self.on_block(verdict)
+            if r is not None:
+                await r
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m agent.emulator.pool", description=__doc__.split("\n")[0]
+    )
+    ap.add_argument("--port", type=int, default=3333, help="TCP port on 127.0.0.1 (0 = any free)")
+    ap.add_argument("--difficulty", type=float, default=1 / 1024, help="share difficulty")
+    ap.add_argument("--vardiff", type=float, metavar="SECONDS", default=None,
+                    help="vary difficulty toward one share per SECONDS per connection")  # fmt: skip
+    ap.add_argument("--extranonce2-size", type=int, default=4)
+    ap.add_argument("--job-interval", type=float, default=30.0, help="random mode: s per notify")
+    ap.add_argument("--block-interval", type=float, default=None, help="random mode: s per block")
+    ap.add_argument("--nbits", default="1e0ffff0", help="random mode: network nBits (hex)")
+    ap.add_argument("--node-rpc", default=None, help="litecoind RPC URL: node mode")
+    ap.add_argument("--rpc-user")
+    ap.add_argument("--rpc-password")
+    ap.add_argument("--rpc-cookie", help="litecoind .cookie file instead of user/password")
+    ap.add_argument("--payout-script", default=None, help="node mode: payout scriptPubKey hex")
+    ap.add_argument("--poll", type=float, default=0.5, help="node mode: tip poll interval, s")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    source: JobSource
+    if args.node_rpc:
+        rpc = NodeRPC(args.node_rpc, args.rpc_user, args.rpc_password, args.rpc_cookie)
+        payout = bytes.fromhex(args.payout_script) if args.payout_script else None
+        source = NodeJobs(rpc, payout_script=payout, poll_s=args.poll)
+    else:
+        source = RandomJobs(nbits=int(args.nbits, 16), job_interval_s=args.job_interval,
+                            block_interval_s=args.block_interval)  # fmt: skip
+    policy: DifficultyPolicy = (
+        VarDiff(initial=args.difficulty, target_interval_s=args.vardiff)
+        if args.vardiff
+        else FixedDifficulty(args.difficulty)
+    )
+
+    async def serve() -> None:
+        pool = StratumPool(port=args.port, source=source, policy=policy,
+                           extranonce2_size=args.extranonce2_size)  # fmt: skip
+        await pool.start()
+        print(f"stratum+tcp://{LOOPBACK}:{pool.port}", flush=True)
+        try:
+            while True:
+                await asyncio.sleep(60)
+                log.info("pool stats: %s", pool.stats.as_dict())
+        finally:
+            await pool.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
