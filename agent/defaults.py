@@ -129,3 +129,23 @@ LED_FAST_PERIOD_S = 0.4
 LED_HEARTBEAT_PERIOD_S = 1.4  # two short pulses, then a pause (like the kernel trigger)
 LED_HEARTBEAT_PULSE_S = 0.1
 LED_LOCATE_PERIOD_S = 0.2  # very fast: "find me in the rack"
+
+# BM1485 chains (agent/hardware/chain.py; shared/reference/chips-bm1485.md §1)
+BM1485_BAUD = 115200
+BM1485_FREQUENCY_MHZ = 384.0  # L3+ nameplate: 504 MH/s for 4 x 72 chips
+BM1485_TICKET_MASK = 0xFF  # chips report nonces of difficulty 256
+BM1485_SENSOR_CHIPS = (0x0C, 0xC9)  # chip addresses whose I2C master reaches a TMP451 (L3+)
+BM1485_COMMAND_GAP_S = 0.01  # between paced boot commands (addresses, core clock enables)
+BM1485_INACTIVE_WAIT_S = 0.03  # after chain inactive, before addressing
+BM1485_COUNT_WINDOW_S = 2.0  # chip counting: how long to collect CHIP_ADDR replies
+BM1485_COUNT_RETRIES = 6  # re-checks of a chain short of chips before mining with what answered
+BM1485_REPLY_TIMEOUT_S = 0.5  # one addressed register read
+BM1485_HASHRATE_POLL_S = 1.0
+BM1485_TEMP_POLL_S = 10.0
+BM1485_MISSED_POLLS_LOST = 3  # a chip missing this many HASHRATE polls in a row has dropped off
+BM1485_SILENCE_S = 5.0  # no byte at all for this long: the chain is reset and booted again
+BM1485_REBOOT_BACKOFF_S = 5.0  # between failed re-inits of a silent chain
+BM1485_LIVE_WORKS = 16  # non-clean work keeps this many older works valid
+BM1485_CALIBRATION_ROUNDS = 10
+BM1485_SENSOR_OFFSET_C = -40  # TMP451 remote offset written before calibrating (0xD8)
+EMULATED_TICKET_DIFFICULTY = 1 / 1024  # what an emulated chip's ticket mask 0xFF means

@@ -1,0 +1,737 @@
+"""One BM1485 chain on a UART: boot, work, nonces, per-chip counters, temperatures, recovery.
+
+The serial port is opened with pyserial and read on the event loop (loop.add_reader on its fd):
+one loop, one thread. Frames come from agent.hardware.bm1485 (pure). Interface in the spirit of the
+CPU board: set_work(Work) in, on_nonce(Nonce(chain, chip, work_id, nonce, raw_hash)) out, only
+after the nonce's scrypt hash was checked (off the loop, in the default executor) against the
+ticket target; anything else is counted per chip as a HW error or stale, never reported.
+
+Boot follows the reference (§1.7): reset hook, count chips with retries, chain inactive,
+addressing (addrInterval = 256 / chips), PLL, MISC_CONTROL, temperature-sensor calibration through
+the sensor chips' I2C master, core clock enable, ticket mask. While mining: HASHRATE polled every
+second (a chip missing MISSED_POLLS_LOST polls in a row has dropped off: reported, and again when
+it is back), temperatures every TEMP_POLL_S, and a chain silent for SILENCE_S is reset and booted
+again. Every problem becomes a ChainEvent(chain, kind, chip, detail) through on_event."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import serial
+
+from agent import defaults as D
+from agent import scrypt
+from agent.hardware import bm1485 as bm
+from agent.hardware.cpu import Nonce, Work
+from agent.mining.targets import difficulty_to_target
+
+log = logging.getLogger(__name__)
+
+
+class ChainError(RuntimeError):
+    """The chain cannot mine (no chips answered, port gone)."""
+
+
+@dataclass(frozen=True)
+class ChainTiming:
+    command_gap_s: float = D.BM1485_COMMAND_GAP_S
+    inactive_wait_s: float = D.BM1485_INACTIVE_WAIT_S
+    count_window_s: float = D.BM1485_COUNT_WINDOW_S
+    count_retries: int = D.BM1485_COUNT_RETRIES
+    reply_timeout_s: float = D.BM1485_REPLY_TIMEOUT_S
+    hashrate_poll_s: float = D.BM1485_HASHRATE_POLL_S
+    temp_poll_s: float = D.BM1485_TEMP_POLL_S
+    missed_polls_lost: int = D.BM1485_MISSED_POLLS_LOST
+    silence_s: float = D.BM1485_SILENCE_S
+    reboot_backoff_s: float = D.BM1485_REBOOT_BACKOFF_S
+    flush_s: float = 0.05  # quiet line: let the stream decoder decide on what it holds
+    work_timeout_s: float | None = None  # None: the reference's formula from frequency
+
+
+@dataclass(frozen=True)
+class ChainEvent:
+    """kind: chips_missing, chip_lost, chip_back, chain_silent, chain_recovered, chain_dead,
+    crc_error, hw_error, unknown_work, stale, sensor_error, port_error."""
+
+    chain: int
+    kind: str
+    chip: int | None
+    detail: str
+
+
+@dataclass
+class ChipStats:
+    index: int
+    address: int
+    nonces: int = 0
+    hw_errors: int = 0
+    stale: int = 0
+    last_seen: float | None = None  # monotonic time of the last nonce (good or bad)
+    hashrate_hs: float = 0.0  # from the HASHRATE register (value x 256)
+    missed_polls: int = 0
+    lost: bool = False
+    cores: dict[int, int] = field(default_factory=dict)  # core number -> verified nonces
+
+
+@dataclass(frozen=True)
+class TempReading:
+    local_c: float  # PCB (the sensor's own temperature)
+    remote_c: float  # die (the chip's diode)
+    at: float
+
+
+def work_timeout_s(frequency_mhz: float, addr_interval: int) -> float:
+    """Reference §1.5: 2**32 / 16 / (256 / interval) / (f x 1e6) x 0.95 x 2500 (19 s at 384/3)."""
+    return 2**32 / 16 / (256 / addr_interval) / (frequency_mhz * 1e6) * 0.95 * 2500
+
+
+class Chain:
+    def __init__(
+        self,
+        port: str,
+        chain: int = 0,
+        *,
+        frequency_mhz: float = D.BM1485_FREQUENCY_MHZ,
+        ticket_difficulty: float = D.BM1485_TICKET_DIFFICULTY,
+        ticket_mask: int = D.BM1485_TICKET_MASK,
+        expected_chips: int = D.CHIPS_PER_CHAIN,
+        addr_interval: int | None = None,
+        sensor_chips: tuple[int, ...] = D.BM1485_SENSOR_CHIPS,
+        on_nonce: Callable[[Nonce], None] | None = None,
+        on_exhausted: Callable[[Work], None] | None = None,
+        on_event: Callable[[ChainEvent], None] | None = None,
+        reset: Callable[[], Awaitable[None] | None] | None = None,
+        timing: ChainTiming | None = None,
+        baudrate: int = D.BM1485_BAUD,
+    ) -> None:
+        """on_nonce, on_exhausted and on_event run on the event loop. `reset` pulses the chain's
+        reset GPIO (the board supplies it); addr_interval is the board's 256 / largest chain."""
+        self.port = port
+        self.chain = chain
+        self.pll = bm.pll_for(frequency_mhz)
+        self.ticket_difficulty = ticket_difficulty
+        self.ticket_target = difficulty_to_target(ticket_difficulty)
+        self.ticket_mask = ticket_mask
+        self.expected_chips = expected_chips
+        self.fixed_interval = addr_interval
+        self.sensor_chips = sensor_chips
+        self.timing = timing or ChainTiming()
+        self.baudrate = baudrate
+        self._on_nonce = on_nonce
+        self._on_exhausted = on_exhausted
+        self._on_event = on_event
+        self._reset = reset
+        # chain state
+        self.addr_interval = addr_interval or 1
+        self.chips: dict[int, ChipStats] = {}  # chip index -> stats
+        self.temps: dict[int, TempReading | None] = {}  # sensor chip index -> last reading
+        self.events: deque[ChainEvent] = deque(maxlen=256)
+        self.booted = asyncio.Event()
+        self.boots = 0
+        self.decoder = bm.StreamDecoder()
+        self.nonces = 0  # verified and reported
+        self.hw_errors = 0
+        self.stale = 0
+        self.unknown_work = 0
+        self.unknown_chip = 0
+        self.last_rx = 0.0
+        # work
+        self._slots: dict[int, Work] = {}  # 7-bit work id -> work (a reused slot overwrites)
+        self._live: deque[int] = deque(maxlen=D.BM1485_LIVE_WORKS)
+        self._next_slot = 0
+        self._current: Work | None = None
+        self._seen: deque[tuple[int, int]] = deque(maxlen=4096)  # (slot, nonce) duplicates
+        self._seen_set: set[tuple[int, int]] = set()
+        # I/O
+        self._serial: serial.Serial | None = None
+        self._fd = -1
+        self._out = bytearray()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiters: dict[tuple[int, int], list[asyncio.Future[bytes]]] = {}
+        self._collect: dict[int, tuple[list[bm.RegisterResponse], int, asyncio.Event]] = {}
+        self._poll_gen = 0
+        self._answered: set[int] = set()  # chip indexes that answered the current poll
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._work_timer: asyncio.TimerHandle | None = None
+        self._verify_q: list[tuple[ChipStats, int, int, Work]] = []
+        self._verify_ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._booting = False
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def frequency_mhz(self) -> float:
+        return self.pll.frequency_mhz
+
+    @property
+    def chip_count(self) -> int:
+        return len(self.chips)
+
+    @property
+    def hashrate_hs(self) -> float:
+        return sum(c.hashrate_hs for c in self.chips.values() if not c.lost)
+
+    @property
+    def temp_c(self) -> float | None:
+        """Hottest local (PCB) reading, as the stock fan control uses; None when unknown."""
+        vals = [t.local_c for t in self.temps.values() if t is not None]
+        return max(vals) if vals else None
+
+    @property
+    def crc_errors(self) -> int:
+        return self.decoder.crc_errors
+
+    async def start(self) -> None:
+        """Open the port, boot the chain, start polling; ChainError when no chip answers."""
+        if self._tasks:
+            raise RuntimeError(f"chain {self.chain} already started")
+        self._loop = asyncio.get_running_loop()
+        self._open()
+        await self._boot_with_retries(raise_on_fail=True)
+        self._tasks = [
+            asyncio.create_task(self._poll_loop(), name=f"chain{self.chain}-poll"),
+            asyncio.create_task(self._temp_loop(), name=f"chain{self.chain}-temp"),
+            asyncio.create_task(self._verify_loop(), name=f"chain{self.chain}-verify"),
+        ]
+
+    async def stop(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for h in (self._flush_handle, self._work_timer):
+            if h is not None:
+                h.cancel()
+        self._close()
+
+    async def wait(self) -> None:
+        """Return when the chain stops; raise if one of its tasks failed (for a supervisor)."""
+        if self._tasks:
+            done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:
+                if not t.cancelled() and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+
+    def set_work(self, work: Work) -> None:
+        """Send `work` to every chip now. Clean work retires all older work at once: a nonce of
+        older work is then counted stale and never reported."""
+        slot = self._next_slot
+        self._next_slot = (slot + 1) & 0x7F
+        if work.clean:
+            self._live.clear()
+        with contextlib.suppress(ValueError):
+            self._live.remove(slot)  # the slot is reused: its old work is gone
+        self._slots[slot] = work
+        self._live.append(slot)
+        self._current = work
+        self._write(bm.work_frame(slot, work.header76))
+        self._arm_work_timer(work)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "id": self.chain,
+            "chips": self.chip_count,
+            "frequency_mhz": round(self.frequency_mhz, 3),
+            "hashrate_hs": self.hashrate_hs,
+            "nonces": self.nonces,
+            "hw_errors": self.hw_errors,
+            "stale": self.stale,
+            "crc_errors": self.crc_errors,
+            "temp_c": self.temp_c,
+            "lost_chips": [c.index for c in self.chips.values() if c.lost],
+        }
+
+    # ------------------------------------------------------------------ port
+
+    def _open(self) -> None:
+        try:
+            self._serial = serial.Serial(self.port, self.baudrate, timeout=0, write_timeout=0)
+        except (serial.SerialException, OSError) as e:
+            raise ChainError(f"chain {self.chain}: cannot open {self.port}: {e}") from e
+        self._fd = self._serial.fileno()
+        os.set_blocking(self._fd, False)
+        assert self._loop is not None
+        self._loop.add_reader(self._fd, self._readable)
+        self.last_rx = time.monotonic()
+
+    def _close(self) -> None:
+        if self._serial is None:
+            return
+        assert self._loop is not None
+        with contextlib.suppress(Exception):
+            self._loop.remove_reader(self._fd)
+            self._loop.remove_writer(self._fd)
+        with contextlib.suppress(Exception):
+            self._serial.close()
+        self._serial = None
+
+    def _write(self, frame: bytes) -> None:
+        if self._serial is None:
+            return
+        pending = bool(self._out)
+        self._out += frame
+        if not pending:
+            self._writable()
+
+    def _writable(self) -> None:
+        assert self._loop is not None
+        try:
+            n = os.write(self._fd, self._out)
+            del self._out[:n]
+        except BlockingIOError:
+            pass
+        except OSError as e:
+            self._out.clear()
+            self._event("port_error", None, f"write to {self.port} failed: {e}")
+        if self._out:
+            self._loop.add_writer(self._fd, self._writable)
+        else:
+            with contextlib.suppress(Exception):
+                self._loop.remove_writer(self._fd)
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self._fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            data = b""
+            self._event("port_error", None, f"read from {self.port} failed: {e}")
+        if not data:
+            return
+        self.last_rx = time.monotonic()
+        crc_before = self.decoder.crc_errors
+        responses = self.decoder.feed(data)
+        self._after_decode(crc_before, responses)
+        assert self._loop is not None
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+        if self.decoder.pending:
+            self._flush_handle = self._loop.call_later(self.timing.flush_s, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        crc_before = self.decoder.crc_errors
+        self._after_decode(crc_before, self.decoder.flush())
+
+    def _after_decode(self, crc_before: int, responses: list[bm.Response]) -> None:
+        if self.decoder.crc_errors != crc_before:
+            self._event(
+                "crc_error",
+                None,
+                f"CRC5 failed, resynchronising ({self.decoder.skipped_bytes} bytes skipped so far)",
+            )
+        for r in responses:
+            try:
+                if isinstance(r, bm.NonceResponse):
+                    self._nonce(r)
+                else:
+                    self._register(r)
+            except Exception:  # a bad frame must never stop the reader
+                log.exception("chain %d: failed to handle %r", self.chain, r)
+
+    # ------------------------------------------------------------------ events
+
+    def _event(self, kind: str, chip: int | None, detail: str) -> None:
+        ev = ChainEvent(self.chain, kind, chip, detail)
+        self.events.append(ev)
+        where = f"chain {self.chain}" + (f" chip {chip}" if chip is not None else "")
+        level = logging.INFO if kind in ("chip_back", "chain_recovered") else logging.WARNING
+        log.log(level, "%s: %s: %s", where, kind, detail)
+        if self._on_event is not None:
+            try:
+                self._on_event(ev)
+            except Exception:
+                log.exception("on_event failed for %r", ev)
+
+    # ------------------------------------------------------------------ register replies
+
+    def _register(self, r: bm.RegisterResponse) -> None:
+        if r.reg == bm.REG_HASHRATE:
+            chip = self.chips.get(r.chip // self.addr_interval)
+            if chip is not None and chip.address == r.chip:
+                chip.hashrate_hs = float(int.from_bytes(r.value, "big") << 8)
+                self._answered.add(chip.index)
+        coll = self._collect.get(r.reg)
+        if coll is not None:
+            replies, expect, done = coll
+            replies.append(r)
+            if expect and len(replies) >= expect:
+                done.set()
+        waiters = self._waiters.get((r.chip, r.reg))
+        if waiters:
+            fut = waiters.pop(0)
+            if not fut.done():
+                fut.set_result(r.value)
+
+    async def _read(self, reg: int, chip: int) -> bytes | None:
+        """One addressed register read; None on timeout."""
+        assert self._loop is not None
+        fut: asyncio.Future[bytes] = self._loop.create_future()
+        self._waiters.setdefault((chip, reg), []).append(fut)
+        self._write(bm.read_register(reg, chip))
+        try:
+            return await asyncio.wait_for(fut, self.timing.reply_timeout_s)
+        except TimeoutError:
+            with contextlib.suppress(ValueError):
+                self._waiters[(chip, reg)].remove(fut)
+            return None
+
+    async def _broadcast_read(
+        self, reg: int, expect: int, window_s: float
+    ) -> list[bm.RegisterResponse]:
+        """Broadcast a read; collect replies for window_s or until `expect` chips answered."""
+        replies: list[bm.RegisterResponse] = []
+        done = asyncio.Event()
+        self._collect[reg] = (replies, expect, done)
+        self._write(bm.read_register(reg))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), window_s)
+        del self._collect[reg]
+        return replies
+
+    # ------------------------------------------------------------------ boot
+
+    async def _boot_with_retries(self, raise_on_fail: bool) -> bool:
+        try:
+            self._booting = True
+            await self._boot()
+            return True
+        except ChainError as e:
+            if raise_on_fail:
+                raise
+            self._event("chain_dead", None, str(e))
+            return False
+        finally:
+            self._booting = False
+
+    async def _boot(self) -> None:
+        t = self.timing
+        self.booted.clear()
+        if self._reset is not None:
+            res = self._reset()
+            if res is not None:
+                await res
+        if self._serial is not None:
+            with contextlib.suppress(Exception):
+                self._serial.reset_input_buffer()
+        self.decoder = bm.StreamDecoder()
+        # Step 6: count chips (every chip answers a broadcast CHIP_ADDR read), with re-checks.
+        count = 0
+        for attempt in range(t.count_retries + 1):
+            replies = await self._broadcast_read(
+                bm.REG_CHIP_ADDR, self.expected_chips, t.count_window_s
+            )
+            count = len(replies)
+            if count >= self.expected_chips:
+                break
+            log.warning(
+                "chain %d: %d of %d chips answered (check %d of %d)",
+                self.chain,
+                count,
+                self.expected_chips,
+                attempt + 1,
+                t.count_retries + 1,
+            )
+        if count == 0:
+            raise ChainError(f"chain {self.chain}: no chip answered on {self.port}")
+        # Step 7: addressing.
+        self.addr_interval = self.fixed_interval or max(1, 256 // max(count, self.expected_chips))
+        self._write(bm.chain_inactive())
+        await asyncio.sleep(t.inactive_wait_s)  # pacing the chips need, not synchronisation
+        for i in range(256 // self.addr_interval):
+            self._write(bm.set_address(i * self.addr_interval))
+            await asyncio.sleep(t.command_gap_s)
+        replies = await self._broadcast_read(bm.REG_CHIP_ADDR, count, t.count_window_s)
+        old = self.chips
+        self.chips = {}
+        for r in replies:
+            if r.chip % self.addr_interval:
+                log.warning("chain %d: chip address %#04x is off the grid", self.chain, r.chip)
+                continue
+            idx = r.chip // self.addr_interval
+            prev = old.get(idx)
+            self.chips[idx] = prev if prev is not None else ChipStats(idx, r.chip)
+            self.chips[idx].lost = False
+            self.chips[idx].missed_polls = 0
+        if not self.chips:
+            raise ChainError(f"chain {self.chain}: no chip took an address")
+        missing = [i for i in range(self.expected_chips) if i not in self.chips]
+        if missing:
+            self._event(
+                "chips_missing",
+                missing[0],
+                f"{len(self.chips)} of {self.expected_chips} chips; missing chip(s) {missing}",
+            )
+        # Step 8: PLL.
+        self._write(bm.write_register(bm.REG_PLL_PARAMETER, self.pll.value))
+        await asyncio.sleep(t.command_gap_s)
+        # Step 9: MISC_CONTROL, all chips then the sensor chips; read back.
+        self._write(bm.write_register(bm.REG_MISC_CONTROL, bm.MISC_CONTROL_ALL))
+        sensors = [
+            a
+            for a in self.sensor_chips
+            if a // self.addr_interval in self.chips and a % self.addr_interval == 0
+        ]
+        for addr in sensors:
+            self._write(bm.write_register(bm.REG_MISC_CONTROL, bm.MISC_CONTROL_SENSOR, addr))
+        first = min(self.chips.values(), key=lambda c: c.index).address
+        got = await self._read(bm.REG_MISC_CONTROL, first)
+        if got != bm.MISC_CONTROL_ALL and first not in sensors:
+            log.warning("chain %d: MISC_CONTROL reads %s", self.chain, got.hex() if got else None)
+        pll = await self._read(bm.REG_PLL_PARAMETER, first)
+        if pll != self.pll.value:
+            log.warning(
+                "chain %d: PLL reads %s, wrote %s",
+                self.chain,
+                pll.hex() if pll else None,
+                self.pll.value.hex(),
+            )
+        # Step 10: temperature sensors.
+        self.temps = {}
+        for addr in sensors:
+            await self._calibrate(addr)
+        # Step 11: core clocks, then ticket mask.
+        for core in bm.CORES:
+            value = bm.core_cmd_value(core, bm.CORE_CMD_CLOCK_ENABLE)
+            self._write(bm.write_register(bm.REG_CORE_CMD_IN, value))
+            await asyncio.sleep(t.command_gap_s)
+        self._write(bm.write_register(bm.REG_TICKET_MASK, bm.ticket_mask_value(self.ticket_mask)))
+        self.boots += 1
+        self.last_rx = time.monotonic()
+        log.info(
+            "chain %d: %d chips, interval %d, %.2f MHz",
+            self.chain,
+            len(self.chips),
+            self.addr_interval,
+            self.frequency_mhz,
+        )
+        self.booted.set()
+        if self._current is not None:  # the chips lost their work with the reset
+            self.set_work(self._current)
+
+    # ------------------------------------------------------------------ sensors
+
+    async def _iic(self, addr: int, value: bytes) -> bytes | None:
+        """One I2C transaction through chip `addr`'s master; the reply value, or None."""
+        self._write(bm.write_register(bm.REG_GENERAL_IIC, value, addr))
+        for _ in range(5):
+            got = await self._read(bm.REG_GENERAL_IIC, addr)
+            if got is None:
+                return None
+            if not got[0] & bm.IIC_BUSY:
+                return got
+        return None
+
+    async def _sensor_read(self, addr: int, reg: int) -> int | None:
+        got = await self._iic(addr, bm.iic_read_value(bm.TMP451_ADDR, reg))
+        # Rejected: busy/fail, or the echo of a write (§3.4)
+        if got is None or got[0] & (bm.IIC_BUSY | bm.IIC_RW_FAIL) or got[1] & 1 or got[2] != reg:
+            return None
+        return got[3]
+
+    async def _calibrate(self, addr: int) -> None:
+        """§3.4: select the core-2 diode, offset -40, then move the offset by (local - remote)
+        until they agree within 2 C (remote 0: +30), at most 10 rounds; then enable auto-read."""
+        idx = addr // self.addr_interval
+        diode = bm.core_cmd_value(2, bm.CORE_CMD_TEMP_DIODE_SELECT)
+        self._write(bm.write_register(bm.REG_CORE_CMD_IN, diode, addr))
+        offset = D.BM1485_SENSOR_OFFSET_C
+        for _ in range(D.BM1485_CALIBRATION_ROUNDS):
+            await self._iic(
+                addr, bm.iic_write_value(bm.TMP451_ADDR, bm.TMP451_OFFSET_HIGH, offset & 0xFF)
+            )
+            local = await self._sensor_read(addr, bm.TMP451_LOCAL)
+            remote = await self._sensor_read(addr, bm.TMP451_REMOTE_HIGH)
+            if local is None or remote is None:
+                self._event("sensor_error", idx, f"sensor behind chip {addr:#04x} not answering")
+                self.temps[idx] = None
+                return
+            if remote == 0:
+                offset += 30
+            elif abs(local - remote) <= 2:
+                break
+            else:
+                offset += local - remote
+            offset = max(-128, min(127, offset))
+        self._write(bm.write_register(bm.REG_GENERAL_IIC, bm.iic_auto_read_value(), addr))
+        self.temps[idx] = None
+
+    async def read_temperatures(self) -> dict[int, TempReading | None]:
+        """Read EXT_TEMP_SENSOR of every sensor chip; 0 or no reply is None (unknown)."""
+        for idx in list(self.temps):
+            chip = self.chips.get(idx)
+            got = await self._read(bm.REG_EXT_TEMP_SENSOR, chip.address) if chip else None
+            if got is None or got[1] == 0 or got[3] == 0 or 255 in (got[1], got[3]):
+                if self.temps.get(idx) is not None or got is not None:
+                    self._event(
+                        "sensor_error",
+                        idx,
+                        f"temperature reading {got.hex() if got else 'missing'}",
+                    )
+                self.temps[idx] = None
+            else:
+                self.temps[idx] = TempReading(float(got[1]), float(got[3]), time.monotonic())
+        return dict(self.temps)
+
+    # ------------------------------------------------------------------ loops
+
+    async def _poll_loop(self) -> None:
+        t = self.timing
+        while True:
+            await asyncio.sleep(t.hashrate_poll_s)  # the poll period itself
+            if time.monotonic() - self.last_rx > t.silence_s:
+                await self._recover_silent()
+                continue
+            self._check_poll()
+            self._answered = set()
+            self._poll_gen += 1
+            self._write(bm.read_register(bm.REG_HASHRATE))
+
+    def _check_poll(self) -> None:
+        if self._poll_gen == 0:
+            return
+        for chip in self.chips.values():
+            if chip.index in self._answered:
+                if chip.lost:
+                    chip.lost = False
+                    self._event("chip_back", chip.index, f"chip {chip.address:#04x} answers again")
+                chip.missed_polls = 0
+                continue
+            chip.missed_polls += 1
+            if chip.missed_polls >= self.timing.missed_polls_lost and not chip.lost:
+                chip.lost = True
+                chip.hashrate_hs = 0.0
+                self._event(
+                    "chip_lost",
+                    chip.index,
+                    f"chip {chip.address:#04x} missed {chip.missed_polls} HASHRATE polls",
+                )
+
+    async def _recover_silent(self) -> None:
+        self._event(
+            "chain_silent",
+            None,
+            f"no byte for {self.timing.silence_s:g} s; resetting and booting again",
+        )
+        while True:
+            if await self._boot_with_retries(raise_on_fail=False):
+                self._poll_gen = 0
+                self._event("chain_recovered", None, f"{self.chip_count} chips after re-init")
+                return
+            await asyncio.sleep(self.timing.reboot_backoff_s)
+
+    async def _temp_loop(self) -> None:
+        while True:
+            if not self._booting:
+                try:
+                    await self.read_temperatures()
+                except Exception:
+                    log.exception("chain %d: temperature read failed", self.chain)
+            await asyncio.sleep(self.timing.temp_poll_s)
+
+    def _arm_work_timer(self, work: Work) -> None:
+        if self._work_timer is not None:
+            self._work_timer.cancel()
+        if self._loop is None or self._on_exhausted is None:
+            return
+        timeout = self.timing.work_timeout_s or work_timeout_s(
+            self.frequency_mhz, self.addr_interval
+        )
+        self._work_timer = self._loop.call_later(timeout, self._exhausted, work)
+
+    def _exhausted(self, work: Work) -> None:
+        self._work_timer = None
+        if self._on_exhausted is not None and work is self._current:
+            try:
+                self._on_exhausted(work)
+            except Exception:
+                log.exception("on_exhausted failed")
+
+    # ------------------------------------------------------------------ nonces
+
+    def _hw(self, chip: ChipStats | None, kind: str, detail: str) -> None:
+        self.hw_errors += 1
+        if chip is not None:
+            chip.hw_errors += 1
+        self._event(kind, chip.index if chip else None, detail)
+
+    def _nonce(self, r: bm.NonceResponse) -> None:
+        idx = r.chip_index(self.addr_interval)
+        chip = self.chips.get(idx)
+        if chip is None:
+            self.unknown_chip += 1
+            self._hw(
+                None,
+                "hw_error",
+                f"nonce {r.nonce:#010x} from unknown chip field {r.chip_field:#04x}",
+            )
+            return
+        chip.last_seen = time.monotonic()
+        work = self._slots.get(r.work_id)
+        if work is None:
+            self.unknown_work += 1
+            self._hw(
+                chip, "unknown_work", f"nonce {r.nonce:#010x} for work id {r.work_id} never sent"
+            )
+            return
+        if r.work_id not in self._live:
+            self._stale(chip, r.work_id, r.nonce)
+            return
+        key = (r.work_id, r.nonce)
+        if key in self._seen_set:
+            self._hw(chip, "hw_error", f"duplicate nonce {r.nonce:#010x} work id {r.work_id}")
+            return
+        if len(self._seen) == self._seen.maxlen:
+            self._seen_set.discard(self._seen[0])
+        self._seen.append(key)
+        self._seen_set.add(key)
+        self._verify_q.append((chip, r.work_id, r.nonce, work))
+        self._verify_ready.set()
+
+    def _stale(self, chip: ChipStats, slot: int, nonce: int) -> None:
+        chip.stale += 1
+        self.stale += 1
+        self._event("stale", chip.index, f"nonce {nonce:#010x} of retired work id {slot}")
+
+    async def _verify_loop(self) -> None:
+        assert self._loop is not None
+        while True:
+            await self._verify_ready.wait()
+            self._verify_ready.clear()
+            batch, self._verify_q = self._verify_q, []
+            headers = [w.header76 + n.to_bytes(4, "little") for _, _, n, w in batch]
+            hashes = await self._loop.run_in_executor(None, _hash_all, headers)
+            for (chip, slot, nonce, work), h in zip(batch, hashes, strict=True):
+                if not scrypt.hash_meets(h, self.ticket_target):
+                    self._hw(
+                        chip,
+                        "hw_error",
+                        f"nonce {nonce:#010x} work id {slot} does not meet the ticket target",
+                    )
+                    continue
+                if slot not in self._live or self._slots.get(slot) is not work:
+                    self._stale(chip, slot, nonce)  # retired while it was being verified
+                    continue
+                core = nonce >> 28
+                chip.nonces += 1
+                chip.cores[core] = chip.cores.get(core, 0) + 1
+                self.nonces += 1
+                if self._on_nonce is not None:
+                    try:
+                        self._on_nonce(Nonce(self.chain, chip.index, work.work_id, nonce, h))
+                    except Exception:
+                        log.exception("on_nonce failed")
+
+
+def _hash_all(headers: list[bytes]) -> list[bytes]:
+    return [scrypt.pow_hash(h) for h in headers]
