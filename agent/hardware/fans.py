@@ -70,30 +70,35 @@ def rpm_from_counts(delta: int, dt_s: float, pulses_per_rev: int, cap: int) -> i
 
 
 @dataclass
-class DeadFanDetector:
-    """0 rpm at non-zero duty for more than grace_s -> dead. Unknown rpm neither starts nor
-    clears the timer; any rotation clears it."""
+class GraceTimer:
+    """A condition that must hold for more than grace_s before it counts (a fan spinning up
+    is not a failure). None (unknown) neither starts nor clears the timer."""
 
     grace_s: float = D.FAN_DEAD_GRACE_S
-    since: float | None = None  # when the fan was first seen stopped while driven
+    since: float | None = None  # when the condition was first seen
 
-    def update(self, rpm: int | None, duty_pct: float, now: float) -> bool:
-        if rpm is None:
-            return self.dead(now)
-        if rpm > 0 or duty_pct <= 0:
+    def update(self, condition: bool | None, now: float) -> bool:
+        if condition is None:
+            return self.tripped(now)
+        if not condition:
             self.since = None
             return False
         if self.since is None:
             self.since = now
-        return self.dead(now)
+        return self.tripped(now)
 
-    def dead(self, now: float) -> bool:
+    def tripped(self, now: float) -> bool:
         return self.since is not None and now - self.since > self.grace_s
 
 
-def slow_fan(rpm: int | None, duty_pct: float, max_rpm: int) -> bool:
+def stopped_fan(rpm: int | None, duty_pct: float) -> bool | None:
+    """0 rpm while driven (None when the rpm is unknown)."""
+    return None if rpm is None else rpm == 0 and duty_pct > 0
+
+
+def slow_fan(rpm: int | None, duty_pct: float, max_rpm: int) -> bool | None:
     """The stock driver's other check: a fan under max x PWM / 130 is failing to keep up."""
-    return rpm is not None and duty_pct > 0 and rpm < max_rpm * duty_pct / 130.0
+    return None if rpm is None else duty_pct > 0 and rpm < max_rpm * duty_pct / 130.0
 
 
 # ---------------------------------------------------------------------------- the shell
@@ -135,7 +140,9 @@ class Fans:
         self.irq_match = irq_match
         self.pulses_per_rev = pulses_per_rev
         self.rpm_cap = rpm_cap
-        self.detectors = [DeadFanDetector(grace_s) for _ in self.max_rpm]
+        self.grace_s = grace_s
+        self.dead_timers = [GraceTimer(grace_s) for _ in self.max_rpm]
+        self.slow_timers = [GraceTimer(grace_s) for _ in self.max_rpm]
         self.duty_pct: float | None = None  # as last written
         self.errors = 0
         self._last: tuple[float, list[int]] | None = None
@@ -204,14 +211,16 @@ class Fans:
             self._last = (now, counts)
         out = []
         for i, rpm in enumerate(rpms):
-            dead = self.detectors[i].update(rpm, duty, now)
-            slow = slow_fan(rpm, duty, self.max_rpm[i])
+            dead = self.dead_timers[i].update(stopped_fan(rpm, duty), now)
+            slow = self.slow_timers[i].update(slow_fan(rpm, duty, self.max_rpm[i]), now)
             problem = None
             if dead:
-                grace = self.detectors[i].grace_s
-                problem = f"fan {i}: 0 rpm at {duty:g} % duty for more than {grace:g} s"
+                problem = f"fan {i}: 0 rpm at {duty:g} % duty for more than {self.grace_s:g} s"
             elif slow:
-                problem = f"fan {i}: {rpm} rpm is slow for {duty:g} % duty (max {self.max_rpm[i]})"
+                problem = (
+                    f"fan {i}: {rpm} rpm is slow for {duty:g} % duty "
+                    f"(max {self.max_rpm[i]}) for more than {self.grace_s:g} s"
+                )
             out.append(FanReading(i, rpm, duty, dead, slow, problem))
         self.readings = out
         return out

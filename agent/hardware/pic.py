@@ -277,7 +277,7 @@ class Pic:
             h.last_error = str(e)
             if h.consecutive_failures >= self.dead_after and h.alive:
                 h.alive = False
-                log.error("chain %d PIC 0x%02x not answering: %s", self.chain, self.address, e)
+                log.error("chain %d PIC 0x%02x not answering: %s", self.chain, self.address, e.why)
             if h.alive:
                 return str(e)
             return f"chain {self.chain} PIC 0x{self.address:02x} not answering: {e.why}"
