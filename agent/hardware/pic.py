@@ -60,6 +60,9 @@ SET_FLASH_POINTER, READ_FLASH, JUMP_TO_APP, RESET, GET_FLASH_POINTER = 0x01, 0x0
 SET_VOLTAGE, READ_VOLTAGE_TIME, READ_BOARD_ID = 0x10, 0x19, 0x13
 ENABLE_DC_DC, HEARTBEAT, VERSION, GET_VOLTAGE = 0x15, 0x16, 0x17, 0x18
 WRITE_TEMP_OFFSETS, READ_TEMP_OFFSETS = 0x22, 0x23
+# Replies that can never be 0xFF (a version, a voltage code <= 0xFE): 0xFF there means the bus
+# floats high because no PIC drives it. Flash reads legitimately return 0xFF (erased).
+NEVER_FF = frozenset({VERSION, GET_VOLTAGE})
 
 
 class PicError(Exception):
@@ -185,7 +188,7 @@ class Pic:
             except OSError as e:
                 last = f"bus error: {e.strerror or e}"
             else:
-                if cmd.reply and all(b == 0xFF for b in reply):
+                if code in NEVER_FF and all(b == 0xFF for b in reply):
                     last = "reply is all 0xFF (nothing drives the bus)"
                 else:
                     return reply
