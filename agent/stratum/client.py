@@ -107,6 +107,7 @@ class SubmitReply:
 
 
 _connection_ids = iter(range(1, 1 << 62))
+_MAX_EARLY_MESSAGES = 64  # job messages kept while authorize is pending
 
 
 def tls_context(options: ClientOptions) -> ssl.SSLContext:
@@ -166,7 +167,7 @@ class StratumClient:
 
         self._next_difficulty: float | None = None
         self._next_extranonce: P.SetExtranonce | None = None
-        self._early_notify: P.Notify | None = None
+        self._early: deque[P.Message] = deque(maxlen=_MAX_EARLY_MESSAGES)
         self._bad_times: deque[float] = deque()
         self._next_id = 1
         self._pending: dict[int, tuple[str, float, asyncio.Future[P.Reply]]] = {}
@@ -193,10 +194,13 @@ class StratumClient:
             reason = _describe(exc)
             await self.close(reason)
             raise StratumConnectError(reason) from None
-        if self._early_notify is not None:
-            # a notify that came before the authorize reply: deliver it now
-            notify, self._early_notify = self._early_notify, None
-            self._apply_notify(notify)
+        # job messages that came before the authorize reply, replayed in order (a
+        # set_difficulty between two notifies must still apply to the second only)
+        early, self._early = list(self._early), deque()
+        for msg in early:
+            self._dispatch(msg)
+        if self.is_closed:
+            raise StratumConnectError(self.closed_reason or "closed during the handshake")
 
     async def submit(self, job: Job, extranonce2: bytes, ntime: int, nonce: int) -> SubmitReply:
         """Send one share and wait for its reply (or the submit timeout).
@@ -452,13 +456,12 @@ class StratumClient:
             raise ConnectionLost("too many bad messages")
 
     def _dispatch(self, msg: P.Message) -> None:
-        if isinstance(msg, P.Reply):
+        if not self.authorized and isinstance(msg, P.Notify | P.SetDifficulty | P.SetExtranonce):
+            self._early.append(msg)  # jobs go out only once authorize has succeeded
+        elif isinstance(msg, P.Reply):
             self._on_reply(msg)
         elif isinstance(msg, P.Notify):
-            if self.authorized:
-                self._apply_notify(msg)
-            else:
-                self._early_notify = msg  # delivered once authorize succeeds
+            self._apply_notify(msg)
         elif isinstance(msg, P.SetDifficulty):
             # latched: shares of the current job keep the old target (pools enforce the new
             # one from the next job; a stricter pool gets a few low-difficulty rejects)
