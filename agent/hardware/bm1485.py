@@ -445,6 +445,7 @@ class StreamDecoder:
     skipped_bytes: int = 0
     _buf: bytearray = field(default_factory=bytearray)
     _synced: bool = True
+    _trust: bool = False  # the window at the front was chosen by a resync: take it
 
     @property
     def pending(self) -> int:
@@ -473,13 +474,18 @@ class StreamDecoder:
         buf = self._buf
         while len(buf) >= RESPONSE_BYTES:
             if self._synced:
-                if response_ok(buf):
+                ok = response_ok(buf)
+                # A window that checks but is followed by one that fails may be noise that
+                # happens to check (1 in 32): judge it against its neighbours as in a resync.
+                if ok and (self._trust or len(buf) < 14 or response_ok(buf, 7)):
                     out.append(decode_response(bytes(buf[:7])))
                     self.frames += 1
+                    self._trust = False
                     del buf[:7]
                     continue
                 self._synced = False
-                self.crc_errors += 1
+                if not ok:
+                    self.crc_errors += 1
             first = next((k for k in range(len(buf) - 6) if response_ok(buf, k)), None)
             if first is None:
                 self._skip(len(buf) - 6)
@@ -491,7 +497,7 @@ class StreamDecoder:
                 self._run(j) if response_ok(buf, j) else -1 for j in range(min(7, len(buf) - 6))
             ]
             self._skip(runs.index(max(runs)))
-            self._synced = True
+            self._synced = self._trust = True
         if final and not self._synced and 0 < len(buf) < RESPONSE_BYTES:
             self._skip(len(buf))
         return out
