@@ -15,7 +15,8 @@ for a 4 x 72 board. Every nonce meets the easy ticket, scaled by the mask the ho
 Faults (thread-safe methods): vanish(chip)/restore(chip), corrupt(n) (next n frames with a flipped
 bit), lose_bytes(n) (next n frames lose a byte), noise(n) (n random bytes on the line),
 bad_nonces(n) (next n nonces do not meet the ticket), unknown_work_nonces(n) (next n nonces carry a
-work id never sent), go_silent() (nothing answers until reset() or wake()).
+work id never sent), stale_nonces(n) (next n nonces carry the previous work id), go_silent()
+(nothing answers until reset() or wake()).
 Thermal hook: temps(chain, chip_position) -> (local_c, remote_c) or one float for both."""
 
 from __future__ import annotations
@@ -156,7 +157,8 @@ class EmulatedChain:
         self._rr = 0  # round robin over (chip, core) slots
         self._budget = 0.0
         self._silent = False
-        self._corrupt = self._lose = self._bad = self._unknown = 0
+        self._corrupt = self._lose = self._bad = self._unknown = self._stale = 0
+        self._previous: int | None = None  # work id before the current one
         self._inbuf = bytearray()
         self._outbuf = bytearray()
         self.master, self._slave = os.openpty()
@@ -235,6 +237,11 @@ class EmulatedChain:
     def unknown_work_nonces(self, count: int = 1) -> None:
         with self._lock:
             self._unknown += count
+
+    def stale_nonces(self, count: int = 1) -> None:
+        """The next `count` nonces carry the previous work's id (a chip finishing old work)."""
+        with self._lock:
+            self._stale += count
 
     def go_silent(self) -> None:
         with self._lock:
@@ -444,6 +451,8 @@ class EmulatedChain:
         # data = header words 18..0; put them back in header order, nonce word last
         header76 = b"".join(data[4 * i : 4 * i + 4] for i in range(18, -1, -1))
         wid = frame[2] & 0x7F
+        if self._current is not None and self._current[0] != wid:
+            self._previous = self._current[0]
         self._work[wid] = header76 + b"\0\0\0\0"
         self._current = (wid, self._work[wid])
         for c in self._chips:
@@ -523,7 +532,10 @@ class EmulatedChain:
         if self._bad:
             self._bad -= 1
             nonce = self._bad_nonce(nonce, wid)
-        if self._unknown:
+        if self._stale and self._previous is not None:
+            self._stale -= 1
+            wid = self._previous
+        elif self._unknown:
             self._unknown -= 1
             wid = (max(self._work, default=0) + 64) & 0x7F
             while wid in self._work:
