@@ -128,7 +128,8 @@ def test_reconnect_forms(params: list[object], expected: P.Reconnect) -> None:
 
 
 @pytest.mark.parametrize(
-    "params", [["h", 0], ["h", 70000], ["h", "33a"], ["bad host", 1], [5, 1], ["h", 1, -1]]
+    "params",
+    [["h", 0], ["h", 70000], ["h", "33a"], ["h", "\u00b2"], ["bad host", 1], [5, 1], ["h", 1, -1]],
 )
 def test_reconnect_rejects(params: list[object]) -> None:
     with pytest.raises(P.ProtocolError, match=r"client\.reconnect"):
@@ -163,6 +164,8 @@ def test_method_first_then_id() -> None:
         ("stale share", P.StratumError(None, "stale share", None)),
         ({"code": 22, "message": "Duplicate"}, P.StratumError(22, "Duplicate", None)),
         (["x", 5], P.StratumError(None, "5", None)),
+        (["\u00b2", "m"], P.StratumError(None, "m", None)),
+        (["22", "dup"], P.StratumError(22, "dup", None)),
         ([], P.StratumError(None, "", None)),
     ],
 )

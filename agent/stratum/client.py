@@ -373,7 +373,11 @@ class StratumClient:
         if self._writer is None:
             return
         try:
-            await self._writer.drain()
+            # bounded: a pool that stops reading must not block our reader forever
+            await asyncio.wait_for(self._writer.drain(), self.options.request_timeout_s)
+        except TimeoutError:
+            self._close(f"pool stopped reading for {self.options.request_timeout_s}s")
+            raise ConnectionLost(self.closed_reason or "write stalled") from None
         except (OSError, RuntimeError) as exc:
             self._close(f"write failed: {_describe(exc)}")
             raise ConnectionLost(self.closed_reason or "write failed") from None
@@ -486,9 +490,12 @@ class StratumClient:
                 self._send_line(P.reply_unknown_method(msg.id, msg.method))
 
     def _on_reply(self, reply: P.Reply) -> None:
-        entry = self._pending.pop(reply.id, None) if isinstance(reply.id, int) else None
-        if entry is None and reply.id in self._timed_out:
-            self._timed_out.discard(reply.id)
+        msg_id = reply.id
+        if isinstance(msg_id, str) and msg_id.isascii() and msg_id.isdigit() and len(msg_id) < 12:
+            msg_id = int(msg_id)  # some pools echo our numeric id as a string
+        entry = self._pending.pop(msg_id, None) if isinstance(msg_id, int) else None
+        if entry is None and msg_id in self._timed_out:
+            self._timed_out.discard(msg_id)  # type: ignore[arg-type]
             log.info("%s: late reply to request %s ignored", self.label, reply.id)
             return
         if entry is None:

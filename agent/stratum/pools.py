@@ -191,6 +191,14 @@ class _Pool:
 _MAX_VALID_JOBS = 64
 
 
+def _label(url: str) -> str:
+    """The url as shown in logs, stats and the status page: never with user:password@."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    return f"{parts.scheme}://{parts.hostname}:{parts.port}"
+
+
 class PoolManager:
     """Owner API: start(), stop(), on_job callback, submit(), stats(), active."""
 
@@ -216,7 +224,7 @@ class PoolManager:
         self._pools: list[_Pool] = []
         for i, (orig, spec) in enumerate(ordered):
             spec.target()  # refuse a bad url now, not in a background task
-            label = spec.url if seen[spec.url] == 1 else f"{spec.url}#{orig}"
+            label = _label(spec.url) if seen[spec.url] == 1 else f"{_label(spec.url)}#{orig}"
             self._pools.append(_Pool(i, spec, label, PoolStats(url=label, priority=spec.priority)))
         self._by_label = {p.label: p for p in self._pools}
         self._active: _Pool | None = None
@@ -291,7 +299,9 @@ class PoolManager:
             log.warning("share for a job of unknown pool %s counted lost", job.pool)
             return fut
         share = _Share(job, extranonce2, ntime, nonce, fut)
-        if not self._job_valid(pool, job):
+        if self._stopping.is_set():
+            self._finish(pool, share, "lost", "pools stopped")
+        elif not self._job_valid(pool, job):
             self._finish(pool, share, "stale", "job retired (clean_jobs or new session)")
         elif pool.status is PoolStatus.ALIVE and pool.client is not None:
             self._spawn(self._send(pool, share))
@@ -411,6 +421,7 @@ class PoolManager:
         # A new session has a new extranonce1, and _job_valid compares it: no job of the old
         # session can be submitted any more. A resumed one keeps its jobs.
         pool.extranonce1 = client.extranonce1
+        pool.stats.latency_ms = client.latency_ms
         self._transition(pool, PoolStatus.ALIVE, "subscribed and authorized")
         # shares found while the pool was down, whose job survived the reconnection
         queued, pool.queue = pool.queue, deque()
@@ -546,6 +557,9 @@ class PoolManager:
         task.add_done_callback(self._tasks.discard)
 
     def _enqueue(self, pool: _Pool, share: _Share) -> None:
+        if self._stopping.is_set():
+            self._finish(pool, share, "lost", "pools stopped")
+            return
         if len(pool.queue) >= self.options.max_queued_shares:
             self._finish(pool, share, "lost", "pool down and its share queue is full")
             return
@@ -571,6 +585,9 @@ class PoolManager:
             return
         try:
             reply = await client.submit(share.job, share.extranonce2, share.ntime, share.nonce)
+        except asyncio.CancelledError:
+            self._finish(pool, share, "lost", "pools stopped before the reply")
+            raise
         except ConnectionLost:
             # sent or not, no answer: try again after reconnecting (a duplicate reject is
             # better than losing a share the pool never saw)

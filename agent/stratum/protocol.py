@@ -223,7 +223,7 @@ def _reconnect(params: list[Any], msg_id: JsonId) -> Reconnect:
     if host is not None and (not isinstance(host, str) or not _HOST.fullmatch(host)):
         raise ProtocolError(f"client.reconnect host: not a host name: {_shown(host)}")
     if port is not None:
-        if isinstance(port, str) and port.isdigit() and len(port) <= 5:
+        if isinstance(port, str) and port.isascii() and port.isdigit() and len(port) <= 5:
             port = int(port)
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
             raise ProtocolError(f"client.reconnect port: expected 1..65535, got {_shown(port)}")
@@ -285,7 +285,12 @@ def parse_error(error: Any) -> StratumError | None:
     else:
         code, message, data = None, error, None
     if isinstance(code, bool) or not isinstance(code, int):
-        if isinstance(code, str) and code.lstrip("-").isdigit() and len(code) < 10:
+        if (
+            isinstance(code, str)
+            and code.isascii()
+            and code.lstrip("-").isdigit()
+            and len(code) < 10
+        ):
             code = int(code)
         else:
             code = None
