@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import random
 from collections.abc import Coroutine
 from typing import Any
 
@@ -434,3 +436,60 @@ def test_connect_refused_and_bad_subscribe() -> None:
         await pool.kill()
 
     run(main())
+
+
+def test_fuzzed_lines_over_a_socket(caplog: pytest.LogCaptureFixture) -> None:
+    """Mutated and random lines through a real socket: every one is dropped or handled, the
+    reader never dies, and a good notify afterwards still becomes a job."""
+    caplog.set_level(logging.WARNING)
+    rng = random.Random(20261201)
+    good = [
+        json.dumps(notify("z")).encode(),
+        json.dumps(set_difficulty(3)).encode(),
+        json.dumps({"id": 5, "result": True, "error": None}).encode(),
+        # (no client.reconnect here: a mutation that lands on our own host is a legal redirect)
+        json.dumps({"id": 8, "method": "mining.set_extranonce", "params": ["00", 4]}).encode(),
+        json.dumps({"id": 9, "method": "client.show_message", "params": ["x"]}).encode(),
+    ]
+    lines = []
+    for _ in range(400):
+        base = bytearray(rng.choice(good))
+        for _ in range(rng.randint(1, 4)):
+            op = rng.randint(0, 2)
+            pos = rng.randrange(len(base))
+            if op == 0:
+                base[pos] = rng.randrange(256)
+            elif op == 1:
+                del base[pos : pos + rng.randint(1, 8)]
+            else:
+                base[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+        lines.append(bytes(base).replace(b"\n", b" "))
+    lines += [bytes(rng.randrange(256) for _ in range(rng.randint(0, 300))).replace(b"\n", b"")]
+
+    async def script(conn: Conn) -> None:
+        await handshake(conn)
+        await started()
+        for line in lines:
+            conn.send(line + b"\n")
+        conn.send(notify("final"))
+        await conn.writer.drain()
+        await asyncio.Event().wait()
+
+    async def main() -> None:
+        pool = await FakePool(script=script).start()
+        events = Events()
+        client = make_client(pool, events, max_bad_lines=10_000, allow_redirect=False)
+        await client.start()
+        mark_started()
+        async with asyncio.timeout(10):
+            while True:
+                ev = await events.queue.get()
+                if isinstance(ev, Job) and ev.notify.job_id == "final":
+                    break
+                assert not isinstance(ev, Disconnected), ev
+        assert client.bad_lines > 100
+        await client.close()
+        await pool.kill()
+
+    run(main())
+    assert "unexpected error" not in caplog.text
