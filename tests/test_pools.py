@@ -307,3 +307,33 @@ def test_publishes_to_state_and_refuses_bad_urls() -> None:
         PoolManager([PoolSpec("http://127.0.0.1:1", "u")])
     with pytest.raises(ValueError, match="at least one pool"):
         PoolManager([])
+
+
+def test_client_reconnect_same_host_followed_without_counting_a_failure() -> None:
+    async def main() -> None:
+        first, second = await FakePool().start(), await FakePool().start()
+        second.job_prefix = "s"
+        owner, log = Owner(), StatusLog()
+        mgr = manager([first], owner, state=log)
+        await mgr.start()
+        await owner.job_from(first.url)
+        first.conns[0].send(
+            {"id": None, "method": "client.reconnect", "params": ["127.0.0.1", second.port, 0]}
+        )
+        await log.reaches(first.url, PoolStatus.CONNECTING)
+        job = await owner.job_from(first.url)  # the label stays the configured pool
+        assert job.notify.job_id == "s1"
+        assert (await share(mgr, job)).outcome == "accepted"
+        assert not second.submits.empty()
+        s = mgr.stats()[0]
+        assert s.failures == 0 and s.connects == 2 and s.lost == 0
+        await mgr.stop()
+        await first.kill()
+        await second.kill()
+
+    run(main())
+
+
+def test_credentials_in_url_never_shown() -> None:
+    mgr = PoolManager([PoolSpec("stratum+tcp://alice:pa55word@127.0.0.1:3333", "u", "p")])
+    assert [s.url for s in mgr.stats()] == ["stratum+tcp://127.0.0.1:3333"]
