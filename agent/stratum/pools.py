@@ -176,6 +176,7 @@ class _Pool:
     task: asyncio.Task[None] | None = None
     alive_since: float = 0.0
     ever_failed: bool = False
+    flaps: int = 0  # connections in a row that died before stability_s: they back off too
     session_id: str | None = None
     extranonce1: bytes | None = None
     redirect: Redirect | None = None
@@ -370,8 +371,13 @@ class PoolManager:
                 )
                 await self._sleep(redirect.wait_s)
                 continue
-            # the first retry comes quickly: most drops are a pool restart or a network blip
-            await self._sleep(self._delay(1))
+            # The first retry comes quickly (most drops are a pool restart or a network blip),
+            # but a pool that accepts us and drops us again at once must not be hammered.
+            if time.monotonic() - pool.alive_since >= o.stability_s:
+                pool.flaps = 0
+            else:
+                pool.flaps += 1
+            await self._sleep(self._delay(1 + pool.flaps))
             self._transition(pool, PoolStatus.CONNECTING, "reconnecting")
 
     def _delay(self, failures: int) -> float:
