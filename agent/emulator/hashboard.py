@@ -496,8 +496,8 @@ class EmulatedChain:
                 self._budget -= CHUNK
                 slot = self._rr % (len(hashing) * 12)
                 self._rr += 1
-                c = hashing[slot // 12]
-                core = CORE_NUMBERS[slot % 12]
+                c = hashing[slot % len(hashing)]  # chips in turn, then the next core
+                core = CORE_NUMBERS[slot // len(hashing)]
                 counter = c.counters.get(core, 0)
                 if counter + CHUNK > 1 << 20:
                     continue  # this core has scanned its range of this work: it idles
@@ -529,10 +529,11 @@ class EmulatedChain:
         return nonce ^ 1
 
     def _report(self, nonce: int, wid: int) -> None:
+        # One fault per nonce, so each injected fault shows up as exactly one counted event.
         if self._bad:
             self._bad -= 1
             nonce = self._bad_nonce(nonce, wid)
-        if self._stale and self._previous is not None:
+        elif self._stale and self._previous is not None:
             self._stale -= 1
             wid = self._previous
         elif self._unknown:

@@ -505,7 +505,12 @@ class Chain:
             value = bm.core_cmd_value(core, bm.CORE_CMD_CLOCK_ENABLE)
             self._write(bm.write_register(bm.REG_CORE_CMD_IN, value))
             await asyncio.sleep(t.command_gap_s)
-        self._write(bm.write_register(bm.REG_TICKET_MASK, bm.ticket_mask_value(self.ticket_mask)))
+        mask = bm.ticket_mask_value(self.ticket_mask)
+        self._write(bm.write_register(bm.REG_TICKET_MASK, mask))
+        # Reading it back also tells that the chips have taken every boot command.
+        got = await self._read(bm.REG_TICKET_MASK, first)
+        if got != mask:
+            log.warning("chain %d: TICKET_MASK reads %s", self.chain, got.hex() if got else None)
         self.boots += 1
         self.last_rx = time.monotonic()
         log.info(

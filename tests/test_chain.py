@@ -1,0 +1,309 @@
+"""agent.hardware.chain against the emulated BM1485 chain over a real pty.
+
+Synchronisation is by events (on_nonce / on_event wake the waiter) with timeouts, never sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+
+from agent import scrypt
+from agent.emulator.hashboard import EmulatedBoard, EmulatedChain
+from agent.hardware import bm1485 as bm
+from agent.hardware.chain import Chain, ChainEvent, ChainTiming
+from agent.hardware.cpu import Nonce, Work
+from agent.mining.targets import difficulty_to_target
+
+EASY = 1 / 1024
+FAST = ChainTiming(
+    command_gap_s=0.001,
+    count_window_s=0.5,
+    count_retries=1,
+    reply_timeout_s=0.3,
+    hashrate_poll_s=0.1,
+    temp_poll_s=0.5,
+    missed_polls_lost=3,
+    silence_s=0.6,
+    reboot_backoff_s=0.2,
+)
+
+
+def run(coro: Coroutine[Any, Any, None]) -> None:
+    asyncio.run(asyncio.wait_for(coro, 60))
+
+
+class Rig:
+    """One emulated chain and the driver on it; waits on what the driver reports."""
+
+    def __init__(self, chain: int = 0, rate_scale: float = 10.0, **emu: Any) -> None:
+        self.emu = EmulatedChain(72, chain, ticket_difficulty=EASY, rate_scale=rate_scale, **emu)
+        self.nonces: list[Nonce] = []
+        self.events: list[ChainEvent] = []
+        self.exhausted: list[Work] = []
+        self.changed = asyncio.Event()
+        self.chain = Chain(
+            self.emu.path,
+            chain,
+            ticket_difficulty=EASY,
+            on_nonce=self._nonce,
+            on_event=self._event,
+            on_exhausted=self._exhausted,
+            reset=self.emu.reset,
+            timing=FAST,
+        )
+        self.works: dict[int, Work] = {}
+        self._next = 1
+
+    def _nonce(self, n: Nonce) -> None:
+        self.nonces.append(n)
+        self.changed.set()
+
+    def _event(self, e: ChainEvent) -> None:
+        self.events.append(e)
+        self.changed.set()
+
+    def _exhausted(self, w: Work) -> None:
+        self.exhausted.append(w)
+        self.changed.set()
+
+    def work(self, clean: bool = True) -> Work:
+        w = Work(self._next, os.urandom(76), difficulty_to_target(1), clean=clean)
+        self._next += 1
+        self.works[w.work_id] = w
+        self.chain.set_work(w)
+        return w
+
+    async def until(self, cond: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
+        async def loop() -> None:
+            while not cond():
+                self.changed.clear()
+                await self.changed.wait()
+
+        try:
+            await asyncio.wait_for(loop(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"timed out waiting for {what or cond}") from None
+
+    def kinds(self, kind: str) -> list[ChainEvent]:
+        return [e for e in self.events if e.kind == kind]
+
+    async def __aenter__(self) -> Rig:
+        self.emu.start()
+        await self.chain.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.chain.stop()
+        self.emu.stop()
+
+
+def check_nonce(rig: Rig, n: Nonce) -> None:
+    """A reported nonce verifies with scrypt and maps to the chip and core that found it."""
+    work = rig.works[n.work_id]
+    h = scrypt.pow_hash(work.header76 + n.nonce.to_bytes(4, "little"))
+    assert h == n.raw_hash
+    assert scrypt.hash_meets(h, difficulty_to_target(EASY))
+    field = (n.nonce >> 20) & 0xFF
+    assert n.chip == field // 3 and field % 3 == 0
+    assert rig.emu.position_of(field) == n.chip  # the emulated chip at that position found it
+    assert n.nonce >> 28 in bm.CORES
+
+
+def test_board_boots_4x72_at_384mhz() -> None:
+    async def main() -> None:
+        board = EmulatedBoard(4, 72, ticket_difficulty=EASY).start()
+        chains = [
+            Chain(p, i, ticket_difficulty=EASY, reset=c.reset, timing=FAST)
+            for i, (p, c) in enumerate(zip(board.paths, board.chains, strict=True))
+        ]
+        try:
+            await asyncio.gather(*(c.start() for c in chains))
+            for chain, emu in zip(chains, board.chains, strict=True):
+                assert chain.chip_count == 72 and chain.addr_interval == 3
+                assert sorted(c.address for c in chain.chips.values()) == list(range(0, 216, 3))
+                assert chain.frequency_mhz == pytest.approx(384.375)
+                for pos in range(72):
+                    assert emu.chip_address(pos) == 3 * pos
+                    assert emu.frequency_mhz(pos) == pytest.approx(384.375)
+                    assert emu.ticket_mask(pos) == 0xFF
+                temps = await chain.read_temperatures()
+                assert set(temps) == {4, 67}  # chips 0x0C and 0xC9
+                assert all(
+                    t is not None and t.local_c == t.remote_c == 45.0 for t in temps.values()
+                )
+                assert chain.temp_c == 45.0
+        finally:
+            await asyncio.gather(*(c.stop() for c in chains))
+            board.stop()
+
+    run(main())
+
+
+def test_nonces_verify_and_map_to_chip_and_core() -> None:
+    async def main() -> None:
+        async with Rig() as rig:
+            rig.work()
+            await rig.until(lambda: len(rig.nonces) >= 60, what="60 nonces")
+            for n in rig.nonces:
+                check_nonce(rig, n)
+            assert len({n.chip for n in rig.nonces}) > 20  # spread over the chain
+            chips = rig.chain.chips.values()
+            assert sum(c.nonces for c in chips) == rig.chain.nonces >= len(rig.nonces)
+            assert rig.chain.hw_errors == 0 and rig.chain.crc_errors == 0
+            assert all(c.last_seen is not None for c in chips if c.nonces)
+            await rig.until(lambda: rig.chain.hashrate_hs > 0, what="HASHRATE poll")
+            # 72 chips x 1.751 MH/s x rate_scale 10, within the register's 256 H/s resolution
+            assert rig.chain.hashrate_hs == pytest.approx(
+                72 * bm.chip_hashrate_hs(384.375) * 10, rel=0.01
+            )
+            snap = rig.chain.snapshot()
+            assert snap["chips"] == 72 and snap["nonces"] == rig.chain.nonces
+
+    run(main())
+
+
+def test_bad_and_unknown_work_nonces_are_hw_errors_never_reported() -> None:
+    async def main() -> None:
+        async with Rig() as rig:
+            rig.work()
+            await rig.until(lambda: len(rig.nonces) >= 3)
+            rig.emu.bad_nonces(3)
+            rig.emu.unknown_work_nonces(2)
+            await rig.until(lambda: rig.chain.hw_errors >= 5, what="5 HW errors")
+            assert rig.chain.unknown_work == 2
+            assert len(rig.kinds("hw_error")) == 3 and len(rig.kinds("unknown_work")) == 2
+            assert all(e.chain == 0 and e.chip is not None for e in rig.kinds("hw_error"))
+            assert sum(c.hw_errors for c in rig.chain.chips.values()) == 5
+            for n in rig.nonces:
+                check_nonce(rig, n)
+
+    run(main())
+
+
+def test_stale_nonces_counted_never_reported() -> None:
+    async def main() -> None:
+        async with Rig() as rig:
+            rig.work()
+            await rig.until(lambda: len(rig.nonces) >= 3)
+            second = rig.work(clean=True)
+            await rig.until(lambda: any(n.work_id == second.work_id for n in rig.nonces))
+            rig.emu.stale_nonces(3)
+            await rig.until(lambda: rig.chain.stale >= 3, what="3 stale nonces")
+            assert len(rig.kinds("stale")) >= 3
+            seen = len(rig.nonces)
+            await rig.until(lambda: len(rig.nonces) >= seen + 3)
+            first_after = rig.nonces[seen:]
+            assert all(n.work_id == second.work_id for n in first_after)
+
+    run(main())
+
+
+def test_crc_noise_and_lost_bytes_resync() -> None:
+    async def main() -> None:
+        async with Rig() as rig:
+            rig.work()
+            await rig.until(lambda: len(rig.nonces) >= 3)
+            rig.emu.corrupt(4)
+            rig.emu.lose_bytes(3)
+            rig.emu.noise(25)
+            await rig.until(lambda: rig.chain.crc_errors >= 1, what="CRC errors counted")
+            assert rig.kinds("crc_error") and rig.chain.decoder.skipped_bytes > 0
+            seen = len(rig.nonces)
+            await rig.until(lambda: len(rig.nonces) >= seen + 20, what="nonces after resync")
+            for n in rig.nonces:
+                check_nonce(rig, n)
+
+    run(main())
+
+
+def test_bad_command_crc_is_ignored_by_the_chips() -> None:
+    async def main() -> None:
+        async with Rig() as rig:
+            bad = bytearray(bm.write_register(bm.REG_PLL_PARAMETER, bm.pll_for(200).value))
+            bad[-1] ^= 0x01
+            rig.chain._write(bytes(bad))
+            rig.work()
+            await rig.until(lambda: len(rig.nonces) >= 3)
+            assert rig.emu.stats.bad_crc_in >= 1
+            assert rig.emu.frequency_mhz(0) == pytest.approx(384.375)
+
+    run(main())
+
+
+def test_chip_that_drops_off_is_reported_and_comes_back() -> None:
+    async def main() -> None:
+        async with Rig() as rig:
+            rig.work()
+            rig.emu.vanish(10)
+            await rig.until(lambda: rig.kinds("chip_lost"), what="chip_lost")
+            lost = rig.kinds("chip_lost")[0]
+            assert (lost.chain, lost.chip) == (0, 10)
+            assert rig.chain.chips[10].lost and rig.chain.snapshot()["lost_chips"] == [10]
+            rig.emu.restore(10)
+            await rig.until(lambda: rig.kinds("chip_back"), what="chip_back")
+            assert rig.kinds("chip_back")[0].chip == 10 and not rig.chain.chips[10].lost
+
+    run(main())
+
+
+def test_silent_chain_is_reset_and_booted_again() -> None:
+    async def main() -> None:
+        async with Rig(chain=2) as rig:
+            rig.work()
+            await rig.until(lambda: len(rig.nonces) >= 3)
+            rig.emu.go_silent()
+            await rig.until(lambda: rig.kinds("chain_recovered"), what="recovery")
+            assert rig.kinds("chain_silent")[0].chain == 2
+            assert rig.chain.boots == 2 and rig.chain.chip_count == 72
+            seen = len(rig.nonces)
+            await rig.until(lambda: len(rig.nonces) >= seen + 5, what="nonces after re-init")
+            for n in rig.nonces[seen:]:
+                check_nonce(rig, n)
+
+    run(main())
+
+
+def test_missing_chips_at_boot_reported_then_mines_with_the_rest() -> None:
+    async def main() -> None:
+        rig = Rig()
+        rig.emu.vanish(70)
+        async with rig:
+            assert rig.chain.chip_count == 71
+            ev = rig.kinds("chips_missing")
+            assert ev and ev[0].chain == 0 and "71 of 72" in ev[0].detail
+            rig.work()
+            await rig.until(lambda: len(rig.nonces) >= 3)
+
+    run(main())
+
+
+def test_work_timeout_asks_for_new_work() -> None:
+    async def main() -> None:
+        rig = Rig()
+        rig.chain.timing = ChainTiming(**{**FAST.__dict__, "work_timeout_s": 0.3})
+        async with rig:
+            w = rig.work()
+            await rig.until(lambda: rig.exhausted, what="on_exhausted")
+            assert rig.exhausted == [w]
+
+    run(main())
+
+
+def test_no_chips_is_a_clear_error() -> None:
+    async def main() -> None:
+        emu = EmulatedChain(4).start()
+        emu.go_silent()
+        timing = ChainTiming(**{**FAST.__dict__, "count_window_s": 0.1, "count_retries": 0})
+        chain = Chain(emu.path, 1, timing=timing)
+        try:
+            with pytest.raises(Exception, match="chain 1: no chip answered"):
+                await chain.start()
+        finally:
+            await chain.stop()
+            emu.stop()
+
+    run(main())
