@@ -146,6 +146,8 @@ class StratumClient:
         self.target = target
         self.user = user
         self._password = password
+        if options is not None and options.cert_sha256:
+            normalise_fingerprint(options.cert_sha256)  # a bad pin is a config error: say so now
         self.options = options or ClientOptions()
         self._on_event = on_event
         self.label = label or f"{target.host}:{target.port}"
@@ -194,6 +196,12 @@ class StratumClient:
             reason = _describe(exc)
             await self.close(reason)
             raise StratumConnectError(reason) from None
+        except asyncio.CancelledError:
+            # the owner is stopping: leave no socket or reader task behind
+            self._close("cancelled")
+            if self._read_task is not None:
+                self._read_task.cancel()
+            raise
         # job messages that came before the authorize reply, replayed in order (a
         # set_difficulty between two notifies must still apply to the second only)
         early, self._early = list(self._early), deque()

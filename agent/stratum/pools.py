@@ -14,7 +14,18 @@ again only after it has stayed alive for stability_s (no flapping back to a sick
 
 Shares: submit() returns a future resolved with a ShareResult whose outcome is accepted, rejected
 (with the pool's reason), stale (job retired, or the pool said 21), or lost (the pool was down
-and the job could not be kept). No share is dropped without one of these outcomes."""
+and the job could not be kept). No share is dropped without one of these outcomes.
+
+Owner (the mining service):
+
+    pools = PoolManager([PoolSpec.from_config(p) for p in config.pools], PoolOptions(),
+                        on_job=work.new_job, on_active=..., state=state)
+    await pools.start()
+    # on_job(job): a client.Job (notify, difficulty, extranonce1, extranonce2_size, pool);
+    # a job from a newly active pool always arrives with clean_jobs=True.
+    result = await pools.submit(job, extranonce2, ntime, nonce)   # -> ShareResult
+    pools.stats()                                                 # -> [PoolStats], by priority
+    await pools.stop()"""
 
 from __future__ import annotations
 
@@ -43,6 +54,7 @@ from agent.stratum.client import (
     Redirect,
     StratumClient,
     StratumConnectError,
+    normalise_fingerprint,
 )
 
 log = logging.getLogger(__name__)
@@ -224,7 +236,9 @@ class PoolManager:
         seen: Counter[str] = Counter(p.url for p in pools)
         self._pools: list[_Pool] = []
         for i, (orig, spec) in enumerate(ordered):
-            spec.target()  # refuse a bad url now, not in a background task
+            spec.target()  # refuse a bad url or pin now, not in a background task
+            if spec.cert_sha256:
+                normalise_fingerprint(spec.cert_sha256)
             label = _label(spec.url) if seen[spec.url] == 1 else f"{_label(spec.url)}#{orig}"
             self._pools.append(_Pool(i, spec, label, PoolStats(url=label, priority=spec.priority)))
         self._by_label = {p.label: p for p in self._pools}
@@ -340,7 +354,11 @@ class PoolManager:
             client = self._make_client(pool)
             try:
                 await client.start()
-            except StratumConnectError as exc:
+            except Exception as exc:
+                if not isinstance(exc, StratumConnectError):
+                    # a bug, not the pool: keep the pool task alive and retrying anyway
+                    log.exception("%s: connecting failed unexpectedly", pool.label)
+                    await client.close(f"internal error: {type(exc).__name__}")
                 self._account(pool, client)
                 pool.next_target = None  # a redirect that failed: back to the configured host
                 if self._stopping.is_set():
