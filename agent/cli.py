@@ -285,6 +285,39 @@ def _log_status(snap: dict) -> None:
     )  # fmt: skip
 
 
+def cmd_emulate(args: argparse.Namespace, out: TextIO) -> int:
+    """Serve an emulated BM1485 board's chains on pseudo-terminals until SIGINT or SIGTERM."""
+    import threading
+
+    from agent.emulator.hashboard import EmulatedBoard
+
+    board = EmulatedBoard(
+        args.chains,
+        args.chips,
+        ticket_difficulty=args.difficulty,
+        rate_scale=args.rate_scale,
+    ).start()
+    stop = threading.Event()
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        for chain in board.chains:
+            print(f"chain {chain.chain}: {chain.path}", file=out, flush=True)
+        print(
+            f"{args.chains} x {args.chips} BM1485 chips, ticket difficulty {args.difficulty:g} "
+            "for mask 0xFF; Ctrl-C to stop",
+            file=out,
+            flush=True,
+        )
+        stop.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        board.stop()
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------------- parser
 
 
@@ -361,6 +394,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("-c", "--config", required=True, type=Path, metavar="FILE", help="TOML file")
     s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser(
+        "emulate",
+        help="serve an emulated BM1485 board on pseudo-terminals",
+        description="Emulate BM1485 chains behind pseudo-terminals (one per chain), print their "
+        "paths, and answer until SIGINT or SIGTERM. Nonces are found with real scrypt at an easy "
+        "ticket difficulty.",
+    )
+    s.add_argument("--chains", type=int, default=D.CHAINS, help=f"chains (default {D.CHAINS})")
+    s.add_argument(
+        "--chips",
+        type=int,
+        default=D.CHIPS_PER_CHAIN,
+        help=f"chips per chain (default {D.CHIPS_PER_CHAIN})",
+    )
+    s.add_argument(
+        "--difficulty",
+        type=difficulty_arg,
+        default=D.EMULATED_TICKET_DIFFICULTY,
+        help="ticket difficulty an emulated chip's mask 0xFF stands for (default 1/1024)",
+    )
+    s.add_argument(
+        "--rate-scale", type=float, default=1.0, help="multiply the modelled hash rate (default 1)"
+    )
+    s.set_defaults(func=cmd_emulate)
     return p
 
 
