@@ -307,3 +307,32 @@ def test_no_chips_is_a_clear_error() -> None:
             emu.stop()
 
     run(main())
+
+
+def test_doge_agent_emulate_serves_chains_to_another_process() -> None:
+    """`doge-agent emulate` in its own process; the driver boots a chain on the printed pty."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    cmd = [sys.executable, "-m", "agent", "emulate", "--chains", "2", "--chips", "72"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=root)
+    try:
+        assert proc.stdout is not None
+        paths = [proc.stdout.readline().split(": ", 1)[1].strip() for _ in range(2)]
+
+        async def main() -> None:
+            chain = Chain(paths[1], 1, ticket_difficulty=EASY, timing=FAST)
+            await chain.start()
+            try:
+                assert chain.chip_count == 72 and chain.frequency_mhz == pytest.approx(384.375)
+            finally:
+                await chain.stop()
+
+        run(main())
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
