@@ -336,3 +336,26 @@ def test_doge_agent_emulate_serves_chains_to_another_process() -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(10) == 0
+
+
+def test_temperatures_follow_the_thermal_hook_and_bad_readings_are_unknown() -> None:
+    temps: dict[int, tuple[float, float]] = {}
+
+    def hook(chain: int, position: int) -> tuple[float, float]:
+        return temps.get(position, (45.0, 45.0))  # at boot PCB and die agree (calibration)
+
+    async def main() -> None:
+        async with Rig(temps=hook) as rig:
+            temps[4] = (52.0, 71.0)
+            temps[67] = (48.0, 66.0)
+            got = await rig.chain.read_temperatures()
+            assert got[4] is not None and (got[4].local_c, got[4].remote_c) == (52.0, 71.0)
+            assert got[67] is not None and (got[67].local_c, got[67].remote_c) == (48.0, 66.0)
+            assert rig.chain.temp_c == 52.0
+            temps[67] = (0.0, 0.0)  # a sensor glitch reads 0: unknown, never a cool chip
+            got = await rig.chain.read_temperatures()
+            assert got[67] is None and rig.chain.temp_c == 52.0
+            ev = rig.kinds("sensor_error")
+            assert ev and (ev[-1].chain, ev[-1].chip) == (0, 67)
+
+    run(main())
