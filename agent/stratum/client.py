@@ -238,7 +238,7 @@ class StratumClient:
         return self.closed_reason or "closed"
 
     async def close(self, reason: str = "closed by us") -> None:
-        self._close(reason)
+        self._close(reason, ours=True)
         if self._read_task is not None and self._read_task is not asyncio.current_task():
             self._read_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -548,7 +548,7 @@ class StratumClient:
 
     # ---------------------------------------------------------------------------- closing
 
-    def _close(self, reason: str) -> None:
+    def _close(self, reason: str, ours: bool = False) -> None:
         if self.is_closed:
             return
         self.closed_reason = reason
@@ -562,7 +562,12 @@ class StratumClient:
                 fut.set_exception(ConnectionLost(f"{method}: {reason}"))
         if self.authorized:
             # only a connection that was up is news to the owner; start() reports the rest
-            log.warning("%s: disconnected: %s", self.label, reason)
+            log.log(
+                logging.INFO if ours else logging.WARNING,
+                "%s: disconnected: %s",
+                self.label,
+                reason,
+            )
             self._emit(Disconnected(reason))
 
     def _emit(self, event: Event) -> None:

@@ -202,6 +202,8 @@ class _Pool:
 
 
 _MAX_VALID_JOBS = 64
+# transitions that are good news or our own doing: logged at info, the rest at warning
+_QUIET = frozenset({PoolStatus.ALIVE, PoolStatus.CONNECTING, PoolStatus.STOPPED})
 
 
 def _label(url: str) -> str:
@@ -338,9 +340,7 @@ class PoolManager:
             return
         pool.status = new
         pool.stats.status = new.value
-        level = (
-            logging.INFO if new in (PoolStatus.ALIVE, PoolStatus.CONNECTING) else logging.WARNING
-        )
+        level = logging.INFO if new in _QUIET else logging.WARNING
         log.log(level, "%s: %s -> %s (%s)", pool.label, old.value, new.value, reason)
         if new is PoolStatus.ALIVE:
             pool.alive_since = time.monotonic()
@@ -382,6 +382,8 @@ class PoolManager:
             self._on_connected(pool, client)
             reason = await client.wait_closed()
             self._on_lost(pool, client, reason)
+            if self._stopping.is_set():
+                return
             if pool.redirect is not None:
                 redirect, pool.redirect = pool.redirect, None
                 pool.next_target = ClientTarget(
@@ -462,6 +464,9 @@ class PoolManager:
             pool.client = None
         self._account(pool, client)
         if pool.status is not PoolStatus.ALIVE:
+            return
+        if self._stopping.is_set():
+            self._transition(pool, PoolStatus.STOPPED, reason)
             return
         pool.stats.disconnects += 1
         pool.stats.last_error = reason
