@@ -137,6 +137,7 @@ class Chain:
         self.booted = asyncio.Event()
         self.boots = 0
         self.decoder = bm.StreamDecoder()
+        self._crc_base = self._skipped_base = 0
         self.nonces = 0  # verified and reported
         self.hw_errors = 0
         self.stale = 0
@@ -188,7 +189,12 @@ class Chain:
 
     @property
     def crc_errors(self) -> int:
-        return self.decoder.crc_errors
+        """CRC5 failures since start, across re-inits (each boot starts a fresh decoder)."""
+        return self._crc_base + self.decoder.crc_errors
+
+    @property
+    def skipped_bytes(self) -> int:
+        return self._skipped_base + self.decoder.skipped_bytes
 
     async def start(self) -> None:
         """Open the port, boot the chain, start polling; ChainError when no chip answers."""
@@ -246,6 +252,7 @@ class Chain:
             "hw_errors": self.hw_errors,
             "stale": self.stale,
             "crc_errors": self.crc_errors,
+            "skipped_bytes": self.skipped_bytes,
             "temp_c": self.temp_c,
             "lost_chips": [c.index for c in self.chips.values() if c.lost],
         }
@@ -424,6 +431,8 @@ class Chain:
         if self._serial is not None:
             with contextlib.suppress(Exception):
                 self._serial.reset_input_buffer()
+        self._crc_base += self.decoder.crc_errors
+        self._skipped_base += self.decoder.skipped_bytes
         self.decoder = bm.StreamDecoder()
         # Step 6: count chips (every chip answers a broadcast CHIP_ADDR read), with re-checks.
         count = 0
