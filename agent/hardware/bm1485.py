@@ -84,18 +84,28 @@ class FrameError(ValueError):
 # ---------------------------------------------------------------------------- CRCs
 
 
+def _crc5_bits(crc: int, byte: int, nbits: int) -> int:
+    for i in range(nbits):
+        top = (crc >> 4) & 1
+        crc = (crc << 1) & 0x1F
+        if top ^ ((byte >> (7 - i)) & 1):
+            crc ^= 0x05
+    return crc
+
+
+# State x byte -> state: whole bytes in one lookup (the stream decoder checks many windows).
+_CRC5 = [[_crc5_bits(c, b, 8) for b in range(256)] for c in range(32)]
+
+
 def crc5(data: bytes, bits: int) -> int:
     """CRC5 of the first `bits` bits of data, MSB first: poly x^5+x^2+1, init 0x1F, no xorout."""
     if not 0 <= bits <= len(data) * 8:
         raise ValueError(f"crc5 over {bits} bits needs {(bits + 7) // 8} bytes, got {len(data)}")
     crc = 0x1F
-    for i in range(bits):
-        bit = (data[i >> 3] >> (7 - (i & 7))) & 1
-        top = (crc >> 4) & 1
-        crc = (crc << 1) & 0x1F
-        if top ^ bit:
-            crc ^= 0x05
-    return crc
+    whole, rest = divmod(bits, 8)
+    for i in range(whole):
+        crc = _CRC5[crc][data[i]]
+    return _crc5_bits(crc, data[whole], rest) if rest else crc
 
 
 def _crc16_table() -> list[int]:
