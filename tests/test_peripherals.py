@@ -183,6 +183,8 @@ def test_pic_power_on_and_commands(board: Board, emu: EmulatedPeripherals) -> No
         await pic.set_flash_pointer(0x0FA0)
         assert await pic.flash_pointer() == 0x0FA0
         assert len(await pic.read_flash()) == 16
+        await pic.select_mac(0)
+        assert len(await pic.read_mac()) == 16
         await pic.set_dc_dc(False)
         assert not emu.pics[1].dc_dc_on
 
@@ -563,9 +565,24 @@ def test_board_heartbeat_task_reports_a_silent_pic(board: Board, emu: EmulatedPe
                 reported.set()
 
         board.report = spy  # type: ignore[method-assign]
+        sampled = asyncio.Event()
+        real_sample = board.sample_fans
+
+        def sample_spy(now: float) -> list[F.FanReading]:
+            out = real_sample(now)
+            if len(sampled_at) == 1:
+                sampled.set()
+            sampled_at.append(now)
+            return out
+
+        sampled_at: list[float] = []
+        board.sample_fans = sample_spy  # type: ignore[method-assign]
         emu.fail_pic(1, "silent")
-        board.start(heartbeat_s=0.0)
+        assert board.fan_status() == [{"rpm": None, "duty_pct": 100.0}] * 2
+        board.start(heartbeat_s=0.0, fan_sample_s=0.0)
         await asyncio.wait_for(reported.wait(), 5)
+        await asyncio.wait_for(sampled.wait(), 5)
+        assert [f["duty_pct"] for f in board.fan_status()] == [100.0, 100.0]
         await board.close()
         assert board.bus.closed
 

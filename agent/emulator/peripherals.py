@@ -567,6 +567,18 @@ class EmulatedPeripherals:
             self.thermal.advance(h)
             remaining -= h
 
+    async def run(self, tick_s: float = 0.1, speed: float = 1.0) -> None:
+        """Follow the event loop's clock (x speed) until cancelled: for `doge-agent emulate`."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while True:
+            await asyncio.sleep(tick_s)
+            now = loop.time()
+            self.advance((now - last) * speed)
+            last = now
+
     # --- fault injection
 
     def force_chip_sensor(self, chain: int, raw_high: int | None, sensor: int = 0) -> None:

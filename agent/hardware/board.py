@@ -203,6 +203,19 @@ class Board:
             out.append(r)
         return out
 
+    def fan_status(self) -> list[dict[str, Any]]:
+        """The latest fan readings in the shape State.set_fans takes."""
+        duty = self.fans.duty_pct or 0.0
+        if not self.fans.readings:
+            return [{"rpm": None, "duty_pct": duty} for _ in range(self.fans.count)]
+        return [{"rpm": r.rpm, "duty_pct": r.duty_pct} for r in self.fans.readings]
+
+    async def _fan_loop(self, interval_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self.sample_fans(loop.time())
+            await asyncio.sleep(interval_s)
+
     def sample_fans(self, now: float) -> list[FanReading]:
         readings = self.fans.sample(now)
         for r in readings:
@@ -223,14 +236,17 @@ class Board:
     def _pic_problem(self, pic: Pic, problem: str) -> None:
         self.report(f"chain {pic.chain} PIC", problem)
 
-    def start(self, heartbeat_s: float = D.PIC_HEARTBEAT_S) -> None:
-        """Start the PIC heartbeats (present chains only) and the LED tasks."""
+    def start(
+        self, heartbeat_s: float = D.PIC_HEARTBEAT_S, fan_sample_s: float = D.FAN_SAMPLE_S
+    ) -> None:
+        """Start the PIC heartbeats (present chains only), fan sampling and the LED tasks."""
         present = self.present()
         pics = [p for p in self.pics if present[p.chain]]
         self._tasks = [
             asyncio.create_task(
                 heartbeat_loop(pics, heartbeat_s, self._pic_problem), name="pic-heartbeat"
             ),
+            asyncio.create_task(self._fan_loop(fan_sample_s), name="fan-sampler"),
             self.red.start(),
             self.green.start(),
         ]

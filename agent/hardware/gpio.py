@@ -96,6 +96,9 @@ def output(number: int, gpio_dir: str | Path, name: str, initial: int) -> Gpio:
     g = Gpio(number, gpio_dir, name)
     g.export()
     g.set_direction("high" if initial else "low")
+    # Also write the value: same level on a real kernel, and a plain folder has no kernel to
+    # turn "high"/"low" into a value.
+    g.write(initial)
     return g
 
 

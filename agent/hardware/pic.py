@@ -60,6 +60,7 @@ SET_FLASH_POINTER, READ_FLASH, JUMP_TO_APP, RESET, GET_FLASH_POINTER = 0x01, 0x0
 SET_VOLTAGE, READ_VOLTAGE_TIME, READ_BOARD_ID = 0x10, 0x19, 0x13
 ENABLE_DC_DC, HEARTBEAT, VERSION, GET_VOLTAGE = 0x15, 0x16, 0x17, 0x18
 WRITE_TEMP_OFFSETS, READ_TEMP_OFFSETS = 0x22, 0x23
+SELECT_MAC, READ_MAC = 0x20, 0x21
 # Replies that can never be 0xFF (a version, a voltage code <= 0xFE): 0xFF there means the bus
 # floats high because no PIC drives it. Flash reads legitimately return 0xFF (erased).
 NEVER_FF = frozenset({VERSION, GET_VOLTAGE})
@@ -245,6 +246,12 @@ class Pic:
 
     async def set_temperature_offsets(self, offsets: Sequence[int]) -> None:
         await self.command(WRITE_TEMP_OFFSETS, offsets)
+
+    async def select_mac(self, which: int) -> None:
+        await self.command(SELECT_MAC, (which,))
+
+    async def read_mac(self) -> bytes:
+        return await self.command(READ_MAC)
 
     async def flash_pointer(self) -> int:
         hi, lo = await self.command(GET_FLASH_POINTER)
