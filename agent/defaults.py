@@ -77,6 +77,10 @@ STRATUM_CONNECT_TIMEOUT_S = 5.0
 STRATUM_REQUEST_TIMEOUT_S = 10.0  # subscribe / authorize replies
 STRATUM_SUBMIT_TIMEOUT_S = 10.0
 STRATUM_IDLE_TIMEOUT_S = 180.0  # no byte at all from the pool for this long: the link is dead
+# TCP keepalive probes: a pool host that vanishes without a FIN is noticed in ~30 s
+STRATUM_KEEPALIVE_IDLE_S = 15
+STRATUM_KEEPALIVE_INTERVAL_S = 5
+STRATUM_KEEPALIVE_COUNT = 3
 STRATUM_LINE_TIMEOUT_S = 10.0  # a line started but not finished within this: a stalled peer
 STRATUM_MAX_BAD_LINES = 20  # malformed lines tolerated within STRATUM_BAD_WINDOW_S
 STRATUM_BAD_WINDOW_S = 60.0
@@ -149,3 +153,10 @@ BM1485_LIVE_WORKS = 16  # non-clean work keeps this many older works valid
 BM1485_CALIBRATION_ROUNDS = 10
 BM1485_SENSOR_OFFSET_C = -40  # TMP451 remote offset written before calibrating (0xD8)
 EMULATED_TICKET_DIFFICULTY = 1 / 1024  # what an emulated chip's ticket mask 0xFF means
+
+# ---------------------------------------------------------------------------- mining service
+# Work ids: a BM1485 carries 7 bits of work id; the CPU board can have more ids in flight.
+CHIP_WORK_IDS = 128
+CPU_WORK_IDS = 1 << 16
+# At shutdown, how long to wait for shares in flight to be verified and answered by the pool.
+SHUTDOWN_SHARE_WAIT_S = 5.0

@@ -66,6 +66,7 @@ class FakePool:
         self.submits: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.authorize_ok = True
         self.accept_shares = True
+        self.answer_shares = True  # False: a pool that swallows shares (dead or drowning)
         self.reject_error: list[Any] = [23, "Low difficulty share", None]
         self.difficulty = 2.0
         self.job_prefix = "j"
@@ -156,7 +157,9 @@ class FakePool:
                     conn.send(notify(f"{self.job_prefix}1"))
             elif method == "mining.submit":
                 self.submits.put_nowait(msg)
-                if self.accept_shares:
+                if not self.answer_shares:
+                    pass
+                elif self.accept_shares:
                     conn.send({"id": mid, "result": True, "error": None})
                 else:
                     conn.send({"id": mid, "result": None, "error": self.reject_error})

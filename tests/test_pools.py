@@ -337,3 +337,33 @@ def test_client_reconnect_same_host_followed_without_counting_a_failure() -> Non
 def test_credentials_in_url_never_shown() -> None:
     mgr = PoolManager([PoolSpec("stratum+tcp://alice:pa55word@127.0.0.1:3333", "u", "p")])
     assert [s.url for s in mgr.stats()] == ["stratum+tcp://127.0.0.1:3333"]
+
+
+def test_pool_that_stops_answering_shares_fails_over() -> None:
+    """No FIN, no reply: the submit timeout drops the pool, the owner moves to the backup, and
+    the unanswered share is sent again once the primary is back on the same session."""
+
+    async def main() -> None:
+        primary, backup = await FakePool().start(), await FakePool().start()
+        backup.job_prefix = "b"
+        owner, log = Owner(), StatusLog()
+        opts = FAST.client.__class__(**{**FAST.client.__dict__, "submit_timeout_s": 0.3})
+        mgr = manager([primary, backup], owner, state=log, client=opts)
+        await mgr.start()
+        job = await owner.job_from(primary.url)
+        if mgr.status(backup.url) is not PoolStatus.ALIVE:
+            await log.reaches(backup.url, PoolStatus.ALIVE)
+        primary.answer_shares = False
+        t0 = time.monotonic()
+        pending = share(mgr, job, nonce=9)
+        bjob = await owner.job_from(backup.url)
+        assert (await share(mgr, bjob)).outcome == "accepted"
+        assert time.monotonic() - t0 < 2.0
+        primary.answer_shares = True
+        result = await asyncio.wait_for(pending, 5)
+        assert result.outcome == "accepted" and result.pool == primary.url
+        await mgr.stop()
+        await primary.kill()
+        await backup.kill()
+
+    run(main())

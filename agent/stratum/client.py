@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import socket
 import ssl
 import time
 from collections import deque
@@ -57,6 +58,9 @@ class ClientOptions:
     allow_redirect: bool = D.STRATUM_ALLOW_REDIRECT
     ca_file: str | None = None  # TLS: trust this CA bundle instead of the system's
     cert_sha256: str | None = None  # TLS: pin the server certificate (hex, colons allowed)
+    keepalive_idle_s: float = D.STRATUM_KEEPALIVE_IDLE_S
+    keepalive_interval_s: float = D.STRATUM_KEEPALIVE_INTERVAL_S
+    keepalive_count: int = D.STRATUM_KEEPALIVE_COUNT
 
 
 @dataclass(frozen=True)
@@ -218,11 +222,18 @@ class StratumClient:
         if self.is_closed:
             raise ConnectionLost(self.closed_reason or "not connected")
         t0 = time.monotonic()
-        reply = await self._request(
-            "mining.submit",
-            lambda i: P.submit(i, self.user, job.notify.job_id, extranonce2, ntime, nonce),
-            self.options.submit_timeout_s,
-        )
+        try:
+            reply = await self._request(
+                "mining.submit",
+                lambda i: P.submit(i, self.user, job.notify.job_id, extranonce2, ntime, nonce),
+                self.options.submit_timeout_s,
+            )
+        except TimeoutError as exc:
+            # A pool that does not answer a share is dead or drowning, and a dead host that
+            # sent no FIN is otherwise only noticed at the idle timeout: drop it, so the
+            # owner fails over now and the share can go again after reconnecting.
+            self._close(str(exc))
+            raise
         accepted = reply.error is None and reply.result is True
         error = reply.error
         if not accepted and error is None:
@@ -274,6 +285,7 @@ class StratumClient:
             ) from None
         except (OSError, ssl.SSLError) as exc:
             raise StratumConnectError(f"connect to {t.host}:{t.port}: {_describe(exc)}") from None
+        _keepalive(self._writer, self.options)
         if pin is not None:
             sslobj = self._writer.get_extra_info("ssl_object")
             der = sslobj.getpeercert(binary_form=True) if sslobj else None
@@ -585,6 +597,23 @@ class StratumClient:
         if len(self._password) >= 3 and self._password in text:
             text = text.replace(self._password, "***")
         return text
+
+
+def _keepalive(writer: asyncio.StreamWriter, options: ClientOptions) -> None:
+    """TCP keepalive: a pool host that vanishes without a FIN is noticed in about
+    idle + interval * count seconds instead of at the idle timeout."""
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (
+            ("TCP_KEEPIDLE", options.keepalive_idle_s),
+            ("TCP_KEEPINTVL", options.keepalive_interval_s),
+            ("TCP_KEEPCNT", options.keepalive_count),
+        ):
+            if hasattr(socket, name):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), max(1, int(value)))
 
 
 def _describe(exc: BaseException) -> str:

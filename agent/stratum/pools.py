@@ -626,7 +626,11 @@ class PoolManager:
                 self._finish(pool, share, "lost", "connection lost before the reply")
             return
         except TimeoutError as exc:
-            self._finish(pool, share, "lost", str(exc) or "no reply")
+            # the client dropped the silent pool; the share goes again after reconnecting
+            if self._job_valid(pool, share.job) and not self._stopping.is_set():
+                self._enqueue(pool, share)
+            else:
+                self._finish(pool, share, "lost", str(exc) or "no reply")
             return
         except Exception as exc:  # a bad share value, never pool input
             log.exception("%s: submit failed", pool.label)
