@@ -239,41 +239,17 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _run(conf: Config) -> int:
-    log.info("doge-agent %s starting with %s", __version__, ", ".join(conf.sources) or "defaults")
-    if conf.board.kind != "cpu":
-        kind = conf.board.kind
-        log.error('board.kind = "%s" has no driver in this build yet; only "cpu" runs', kind)
-        return EXIT_FAIL
-    if importlib.util.find_spec("agent.stratum.client") is None:
-        log.warning(
-            "no pool client is available yet (Stratum is issue 4): mining random synthetic "
-            "work, nothing is submitted to the %d configured pool(s)",
-            len(conf.pools),
-        )
-    else:
-        log.warning("this runner does not wire the pool client yet: mining synthetic work")
+    from agent.service import MiningService
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    state = State()
-    miner = SyntheticMiner(conf.board.threads, conf.board.ticket_difficulty, state)
-    await miner.start()
-    log.info("mining: %d CPU thread(s), backend %s", conf.board.threads, scrypt.backend())
     try:
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), D.STATUS_LOG_INTERVAL_S)
-            except TimeoutError:
-                _log_status(state.snapshot())
+        return await MiningService(conf).run(stop)
     finally:
-        await miner.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-    _log_status(state.snapshot())
-    log.info("stopped cleanly")
-    return EXIT_OK if miner.bad == 0 else EXIT_FAIL
 
 
 def _log_status(snap: dict) -> None:

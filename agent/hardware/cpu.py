@@ -104,7 +104,6 @@ class CpuBoard:
         self._work: Work | None = None
         self._cursor = 0  # next nonce of _work to hand out
         self._busy = 0  # threads still hashing a chunk of _work (for "exhausted")
-        self._used_ids: set[int] = set()
         self._live: deque[int] = deque(maxlen=LIVE_WORKS)  # read and written on the loop only
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -164,10 +163,11 @@ class CpuBoard:
 
     def set_work(self, work: Work) -> None:
         """Hash `work` from now on, on every thread. Clean work retires all older work at once."""
-        if work.work_id in self._used_ids:
-            raise ValueError(f"work_id {work.work_id} was already given to this board")
+        # an id may come back once its work has left the live window (ids are a bounded table),
+        # but never while nonces of its old work could still be reported under it
+        if work.work_id in self._live:
+            raise ValueError(f"work_id {work.work_id} is still live on this board")
         with self._cond:
-            self._used_ids.add(work.work_id)
             self._work = work
             self._cursor = work.nonce_start
             self._busy = 0

@@ -1,0 +1,218 @@
+"""The mining service: starts every part in order, joins the mining path, and stops in order.
+
+    start:  self-test -> hashing side -> work source + share path -> pools -> READY
+    run:    pool job -> WorkSource -> one piece of work per hashing unit (a CPU board, or a chain)
+            nonce -> SharePath (classify, verify, submit, account)
+    stop:   STOPPING -> hashing side stopped (its last nonces are still reported) -> shares in
+            flight answered (bounded wait) -> pools closed
+
+The watchdog is pinged only while the loop turns and every hashing unit is alive, so systemd
+restarts an agent whose hashing has died, not one that is merely waiting for a pool."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from agent import __version__, scrypt, selftest
+from agent import defaults as D
+from agent.config import Config
+from agent.hardware.cpu import CpuBoard, Nonce, Work
+from agent.mining.shares import SharePath
+from agent.mining.work import WorkSource
+from agent.sdnotify import Notifier
+from agent.state import State
+from agent.stratum.client import Job as PoolJob
+from agent.stratum.pools import PoolManager, PoolOptions, PoolSpec
+
+log = logging.getLogger(__name__)
+
+
+class HashingUnit(Protocol):
+    """What the service needs of a CPU board or a chain of chips."""
+
+    def set_work(self, work: Work) -> None: ...
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def wait(self) -> None: ...
+
+
+class StartupError(RuntimeError):
+    """The service cannot start; the text says why."""
+
+
+class MiningService:
+    def __init__(
+        self,
+        conf: Config,
+        *,
+        state: State | None = None,
+        notifier: Notifier | None = None,
+        pool_options: PoolOptions | None = None,
+    ) -> None:
+        self.conf = conf
+        self.state = state or State()
+        self.notifier = notifier or Notifier()
+        self.pool_options = pool_options or PoolOptions()
+        self.units: list[HashingUnit] = []
+        self.work: WorkSource | None = None
+        self.shares: SharePath | None = None
+        self.pools: PoolManager | None = None
+        self.ready = asyncio.Event()
+        self._unit_watch: list[asyncio.Task[None]] = []
+
+    # ------------------------------------------------------------------------------ lifecycle
+
+    async def run(self, stop: asyncio.Event) -> int:
+        """Runs until `stop` is set or a hashing unit dies; returns the process exit code."""
+        try:
+            await self.start()
+        except StartupError as exc:
+            log.error("cannot start: %s", exc)
+            await self.shutdown()
+            return 1
+        failed = await self._wait(stop)
+        await self.shutdown()
+        return 1 if failed else 0
+
+    async def start(self) -> None:
+        conf = self.conf
+        log.info("doge-agent %s starting (%s)", __version__, ", ".join(conf.sources) or "defaults")
+        self.notifier.status("self-test")
+        report = io.StringIO()
+        if selftest.run(report) != 0:
+            raise StartupError("the scrypt self-test failed:\n" + report.getvalue())
+        log.info("self-test passed on %s", ", ".join(scrypt.backends()))
+
+        self.notifier.status("starting the hashing side")
+        ticket = conf.board.ticket_difficulty
+        self.units = self._make_units()
+        many = len(self.units) > 1
+        self.work = WorkSource(
+            id_space=D.CHIP_WORK_IDS if many else D.CPU_WORK_IDS, works_per_job=len(self.units)
+        )
+        submit = None
+        if conf.pools:
+            specs = [PoolSpec.from_config(p) for p in conf.pools]
+            self.pools = PoolManager(
+                specs, self.pool_options, on_job=self._on_job, state=self.state
+            )
+            submit = self.pools.submit
+        else:
+            log.warning("no [[pools]] configured: nothing will be mined until one is")
+        self.shares = SharePath(self.work, self.state, ticket, submit)
+        for unit in self.units:
+            await unit.start()
+        self._unit_watch = [asyncio.create_task(u.wait()) for u in self.units]
+        if self.pools is not None:
+            self.notifier.status("connecting to pools")
+            await self.pools.start()
+        self.ready.set()
+        self.notifier.ready(f"mining on {self._describe()}")
+        log.info("mining on %s", self._describe())
+
+    async def shutdown(self) -> None:
+        self.notifier.stopping("stopping")
+        for unit in self.units:
+            with contextlib.suppress(Exception):
+                await unit.stop()
+        for task in self._unit_watch:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.shares is not None:
+            unanswered = await self.shares.drain(D.SHUTDOWN_SHARE_WAIT_S)
+            if unanswered:
+                log.warning("%d share(s) still unanswered at shutdown: left pending", unanswered)
+        if self.pools is not None:
+            await self.pools.stop()
+        self._log_status()
+        log.info("stopped cleanly")
+
+    async def _wait(self, stop: asyncio.Event) -> bool:
+        """Waits for stop or a dead hashing unit (True); logs status and pings the watchdog."""
+        stopper = asyncio.create_task(stop.wait())
+        watch = {stopper, *self._unit_watch}
+        ping_s = self.notifier.watchdog_interval_s()
+        tick_s = min(ping_s or D.STATUS_LOG_INTERVAL_S, D.STATUS_LOG_INTERVAL_S)
+        last_log = asyncio.get_running_loop().time()
+        try:
+            while True:
+                done, _ = await asyncio.wait(watch, timeout=tick_s, return_when="FIRST_COMPLETED")
+                if stopper in done:
+                    return False
+                for task in done:
+                    exc = task.exception()
+                    log.error("a hashing unit stopped: %s", exc or "it returned")
+                    return True
+                if ping_s:
+                    self.notifier.watchdog()
+                now = asyncio.get_running_loop().time()
+                if now - last_log >= D.STATUS_LOG_INTERVAL_S:
+                    last_log = now
+                    self._log_status()
+        finally:
+            stopper.cancel()
+
+    # ------------------------------------------------------------------------------ the path
+
+    def _make_units(self) -> list[HashingUnit]:
+        board = self.conf.board
+        if board.kind == "cpu":
+            return [
+                CpuBoard(
+                    board.threads,
+                    board.ticket_difficulty,
+                    self._on_nonce,
+                    on_exhausted=self._exhausted(0),
+                    on_hashes=lambda _chip, n: self.state.add_hashes(0, n),
+                )
+            ]
+        raise StartupError(f'board.kind = "{board.kind}" has no driver in this build yet')
+
+    def _exhausted(self, index: int) -> Callable[[Work], None]:
+        def more(_old: Work) -> None:
+            assert self.work is not None
+            fresh = self.work.next_work()
+            if fresh is not None:
+                self.units[index].set_work(fresh)
+            else:
+                log.warning("unit %d has no more work for the current job", index)
+
+        return more
+
+    def _on_job(self, job: PoolJob) -> None:
+        assert self.work is not None and self.shares is not None
+        pool_id = self.shares.note_job(job)
+        n = job.notify
+        works = self.work.on_job(pool_id, n, job.difficulty, job.extranonce1, job.extranonce2_size)
+        for unit, work in zip(self.units, works, strict=False):
+            unit.set_work(work)
+        log.debug("job %s from %s: %d work(s), difficulty %g", n.job_id, job.pool, len(works),
+                  job.difficulty)  # fmt: skip
+
+    def _on_nonce(self, found: Nonce) -> None:
+        assert self.shares is not None
+        self.shares.on_nonce(found)
+
+    # ------------------------------------------------------------------------------ reporting
+
+    def _describe(self) -> str:
+        board = self.conf.board
+        if board.kind == "cpu":
+            return f"the CPU board ({board.threads} thread(s), {scrypt.backend()})"
+        return f"{len(self.units)} chain(s)"
+
+    def _log_status(self) -> None:
+        snap: dict[str, Any] = self.state.snapshot()
+        s = snap["shares"]
+        log.info(
+            "hashrate %.0f H/s; nonces %d: accepted %d, rejected %d, stale %d, below target %d, "
+            "hw errors %d, pending %d",
+            snap["hashrate_hs"], snap["nonces"], s["accepted"], s["rejected"], s["stale"],
+            s["below_target"], s["hw_errors"], s["pending"],
+        )  # fmt: skip

@@ -1,0 +1,155 @@
+"""The mining service end to end: `doge-agent run` on the CPU board mines through the local pool,
+its shares are accepted, every nonce is accounted for, and it stops cleanly on SIGTERM with
+READY, WATCHDOG and STOPPING sent to a real notify socket."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from conftest import ROOT
+
+from agent.config import loads
+from agent.emulator.pool import FixedDifficulty, StratumPool
+from agent.sdnotify import Notifier
+from agent.service import MiningService
+from agent.stratum.pools import PoolOptions
+
+WAIT_S = 60
+
+
+def agent_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOGE_AGENT", "NOTIFY_"))}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def cpu_config(tmp_path: Path, pool_url: str, password: str = "x") -> str:
+    return (
+        f'[agent]\nstate_dir = "{tmp_path}"\n'
+        f'[[pools]]\nurl = "{pool_url}"\nuser = "wallet.rig1"\npassword = "{password}"\n'
+        '[board]\nkind = "cpu"\nthreads = 1\nticket_difficulty = 0.0009765625\n'
+    )
+
+
+def test_service_in_process_counts_every_nonce(tmp_path: Path) -> None:
+    """Against the local pool in the same loop: shares accepted, the nonce invariant holds, and
+    the pool saw exactly the shares the agent counted as accepted."""
+
+    async def main() -> None:
+        pool = StratumPool(policy=FixedDifficulty(1 / 64))
+        await pool.start()
+        conf = loads(cpu_config(tmp_path, f"stratum+tcp://127.0.0.1:{pool.port}"))
+        service = MiningService(conf, pool_options=PoolOptions(stability_s=0.5))
+        stop = asyncio.Event()
+        runner = asyncio.create_task(service.run(stop))
+        await asyncio.wait_for(service.ready.wait(), WAIT_S)
+        assert service.shares is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT_S
+        while service.shares.counts["accepted"] < 5 and loop.time() < deadline:
+            await asyncio.sleep(0.05)  # polling a counter with a deadline, not synchronising
+        stop.set()
+        assert await asyncio.wait_for(runner, WAIT_S) == 0
+        snap = service.state.snapshot()
+        s = snap["shares"]
+        assert s["accepted"] >= 5
+        assert snap["nonces"] == sum(s.values())
+        assert s["rejected"] == 0 and s["hw_errors"] == 0
+        assert s["below_target"] > 0  # ticket 1/1024 is far easier than the pool's 1/64
+        assert pool.stats.accepted == s["accepted"]
+        await pool.stop()
+
+    asyncio.run(main())
+
+
+class PoolThread:
+    """The local pool on its own loop in a thread, for a test driving a subprocess."""
+
+    def __init__(self, difficulty: float) -> None:
+        self.started = threading.Event()
+        self.loop = asyncio.new_event_loop()
+        self.pool = StratumPool(policy=FixedDifficulty(difficulty))
+        self.thread = threading.Thread(target=self._main, daemon=True)
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self.pool.start())
+        self.started.set()
+        self.loop.run_forever()
+        self.loop.run_until_complete(self.pool.stop())
+
+    def __enter__(self) -> PoolThread:
+        self.thread.start()
+        assert self.started.wait(WAIT_S)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(WAIT_S)
+
+
+def test_run_mines_through_the_pool_and_stops_cleanly(tmp_path: Path) -> None:
+    sock_path = tmp_path / "notify.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(sock_path))
+    notify.settimeout(WAIT_S)
+    with PoolThread(1 / 64) as pool:
+        conf = tmp_path / "agent.toml"
+        conf.write_text(cpu_config(tmp_path, f"stratum+tcp://127.0.0.1:{pool.pool.port}", "s3cr3t"))
+        env = agent_env()
+        env.update(NOTIFY_SOCKET=str(sock_path), WATCHDOG_USEC="400000")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "-c", str(conf)],
+            stderr=subprocess.PIPE, text=True, env=env,
+        )
+        try:
+            messages = [notify.recv(4096).decode()]
+            while not messages[-1].startswith("READY=1"):
+                messages.append(notify.recv(4096).decode())
+            log = []
+            assert proc.stderr is not None
+            for line in proc.stderr:  # blocks until the first share is accepted (or exit)
+                log.append(line)
+                if "first share accepted" in line:
+                    break
+            assert any("first share accepted" in line for line in log), "".join(log)
+            assert notify.recv(4096) == b"WATCHDOG=1"  # pinged every 0.2 s while healthy
+            proc.send_signal(signal.SIGTERM)
+            _, rest = proc.communicate(timeout=WAIT_S)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        tail = []
+        notify.settimeout(1)
+        try:
+            while True:
+                tail.append(notify.recv(4096).decode())
+        except TimeoutError:
+            pass
+        notify.close()
+    text = "".join(log) + rest
+    assert proc.returncode == 0, text
+    assert any(m.startswith("STOPPING=1") for m in tail), tail
+    assert "stopped cleanly" in text
+    assert "s3cr3t" not in text
+    final = re.findall(r"nonces (\d+): accepted (\d+), rejected (\d+), stale (\d+), "
+                       r"below target (\d+), hw errors (\d+), pending (\d+)", text)[-1]
+    nonces, *buckets = map(int, final)
+    assert buckets[0] >= 1 and nonces == sum(buckets)
+
+
+def test_a_board_kind_without_a_driver_is_refused(tmp_path: Path) -> None:
+    conf = loads('[board]\nkind = "l3plus"\n')
+
+    async def main() -> int:
+        return await MiningService(conf, notifier=Notifier({})).run(asyncio.Event())
+
+    assert asyncio.run(main()) == 1
