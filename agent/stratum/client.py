@@ -236,6 +236,9 @@ class StratumClient:
             raise
         accepted = reply.error is None and reply.result is True
         error = reply.error
+        if error is not None:
+            # the owner logs and counts reasons: a pool echoing our password gets it masked
+            error = P.StratumError(error.code, self._scrub(error.message), error.data)
         if not accepted and error is None:
             error = P.StratumError(None, f"rejected (result {P._shown(reply.result)})")
         return SubmitReply(accepted, error, (time.monotonic() - t0) * 1000.0)
