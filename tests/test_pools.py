@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -110,7 +111,9 @@ def test_transitions_table_is_the_documented_machine() -> None:
     assert all(S.STOPPED in t for s, t in TRANSITIONS.items() if s is not S.STOPPED)
 
 
-def test_failover_and_failback() -> None:
+def test_failover_and_failback(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+
     async def main() -> dict[str, float]:
         primary, backup = await FakePool().start(), await FakePool().start()
         primary.job_prefix, backup.job_prefix = "p", "b"
@@ -159,6 +162,8 @@ def test_failover_and_failback() -> None:
 
     timings = run(main())
     print(f"measured: {timings}")
+    assert "alive -> failing" in caplog.text  # the log tells the story...
+    assert "secret-pw" not in caplog.text  # ...without the password
 
 
 def test_queued_share_submitted_after_reconnect() -> None:
