@@ -160,3 +160,28 @@ CHIP_WORK_IDS = 128
 CPU_WORK_IDS = 1 << 16
 # At shutdown, how long to wait for shares in flight to be verified and answered by the pool.
 SHUTDOWN_SHARE_WAIT_S = 5.0
+
+# ---------------------------------------------------------------------------- web surface
+# agent/api/httpserver.py: limits every HTTP listener applies to every client (issue 9, item 2)
+HTTP_MAX_REQUEST_LINE_BYTES = 4096  # longer -> 414
+HTTP_MAX_HEADER_BYTES = 16384  # all header lines together; more -> 431
+HTTP_MAX_HEADERS = 64  # header lines; more -> 431
+HTTP_MAX_BODY_BYTES = 65536  # declared Content-Length above this -> 413, body never read
+HTTP_REQUEST_TIMEOUT_S = 10.0  # whole request (line, headers, body) must arrive within this -> 408
+HTTP_KEEPALIVE_IDLE_S = 15.0  # idle keep-alive connection closed after this
+HTTP_KEEPALIVE_MAX_REQUESTS = 100  # requests on one connection, then Connection: close
+HTTP_MAX_CONNECTIONS = 64  # open connections at once; more -> 503 and close
+HTTP_HANDLER_TIMEOUT_S = 30.0  # one handler (a control action included) -> 503
+HTTP_WRITE_TIMEOUT_S = 10.0  # a client that does not read its answer is dropped
+HTTP_RATE_PER_S = 20.0  # per-client token bucket: sustained requests per second
+HTTP_RATE_BURST = 40  # per-client token bucket: burst
+HTTP_RATE_MAX_CLIENTS = 1024  # clients tracked by the rate limiter (oldest forgotten)
+# agent/api/http.py: status page and its JSON/metrics/control endpoints
+WEB_LISTEN = "127.0.0.1:8080"
+WEB_READ_ALLOW = ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+WEB_WRITE_ALLOW = ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+WEB_LOGIN_MAX_FAILURES = 5  # failed logins from one address before it is locked out -> 429
+WEB_LOGIN_LOCKOUT_S = 300.0
+WEB_REFRESH_S = 3.0  # the status page polls /api/status this often
+WEB_EVENTS_KEPT = 50  # recent events in the snapshot (state.py)
+WEB_HEALTH_HOT_C = 75.0  # /api/health: a chain above this is "degraded"
