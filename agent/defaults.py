@@ -185,3 +185,60 @@ WEB_LOGIN_LOCKOUT_S = 300.0
 WEB_REFRESH_S = 3.0  # the status page polls /api/status this often
 WEB_EVENTS_KEPT = 50  # recent events in the snapshot (state.py)
 WEB_HEALTH_HOT_C = 75.0  # /api/health: a chain above this is "degraded"
+
+# ---------------------------------------------------------------------------- control loops
+# agent/control/{thermal,tuner,guardian}.py. Thresholds from reference §3-4 and peers.md §3.
+# thermal
+THERMAL_INTERVAL_S = 1.0  # control tick (BOS 5 s, ESP-Miner 100 ms)
+THERMAL_REARM_TEMP_C = 50.0  # a tripped chain may retry only below this ...
+THERMAL_COOLDOWN_S = 60.0  # ... and not before this long after the trip (ESP-Miner: 30 s, 45 °C)
+THERMAL_MAX_TRIPS = 3  # trips of one chain before it stays off until restart
+THERMAL_REARM_FREQ_PCT = 80.0  # a re-armed chain restarts at this share of its tuned clock
+THERMAL_THROTTLE_STEP_PCT = 10.0  # per step while hot
+THERMAL_THROTTLE_MIN_PCT = 40.0
+THERMAL_THROTTLE_INTERVAL_S = 10.0  # between throttle steps (either way)
+THERMAL_UNTHROTTLE_MARGIN_C = 5.0  # step back up only below hot - margin
+THERMAL_SENSOR_LOST_S = 120.0  # a chain with no valid reading this long is powered off
+THERMAL_MAX_JUMP_C = 20.0  # between two samples of one sensor: a glitch, not physics
+THERMAL_SENTINELS_C = (0.0, 255.0, 127.0, -128.0)  # no-reading values seen from sensors/PICs
+THERMAL_FAN_MIN_PCT = 20.0  # stock minimum PWM
+THERMAL_FAN_MAX_PCT = 100.0
+THERMAL_PID_KP = 4.0  # fan % per °C above target
+THERMAL_PID_KI = 0.1  # fan % per °C·s
+THERMAL_PID_KD = 4.0  # fan % per °C/s (on the measurement)
+THERMAL_PID_BIAS_PCT = 50.0
+# tuner
+TUNER_INTERVAL_S = 60.0
+TUNER_MIN_MHZ = 100.0  # PLL table range (reference §1.1)
+TUNER_MAX_MHZ = 650.0
+TUNER_STEP_MHZ = 12.5
+TUNER_HW_BUDGET = 0.01  # HW errors / all nonces, per chip
+TUNER_CONFIDENCE = 0.95  # one-sided, for the bound on each chip's HW-error rate
+TUNER_MIN_SAMPLES = 50  # nonces (good + bad) before any verdict on a chip
+TUNER_LOW_RATE_FRACTION = 0.5  # good nonces surely below this share of the model: failing
+TUNER_FAIL_STRIKES = 3  # bad verdicts at the minimum clock before a chip is clock-gated
+TUNER_CORE_FRACTION = 0.2  # a core surely below this share of the chip's mean core: gated
+TUNER_VOLTAGE_MIN_V = 9.0  # PIC code 0xFE is about 9 V, 0x00 about 11 V (reference §3.3)
+TUNER_VOLTAGE_MAX_V = 11.0
+TUNER_VOLTAGE_STEP_V = 0.1  # LuxOS profiles step 0.1 V
+TUNER_RETUNE_DELTA_C = 10.0  # temperature shift since tuning that starts a re-tune
+TUNER_PROFILE_FILE = "tuner-profile.json"
+# guardian
+GUARDIAN_INTERVAL_S = 60.0
+GUARDIAN_PAUSE_BELOW_USD_DAY = 0.0  # pause when profit falls below this ...
+GUARDIAN_RESUME_ABOVE_USD_DAY = 0.25  # ... resume only above this (hysteresis)
+GUARDIAN_MIN_DWELL_S = 1800.0  # never change state sooner than this after the last change
+GUARDIAN_PRICE_MAX_AGE_S = 6 * 3600.0
+GUARDIAN_STALE_POLICIES = ("keep_mining", "pause", "last_known")
+GUARDIAN_STALE_POLICY = "keep_mining"
+GUARDIAN_REFRESH_S = 900.0
+GUARDIAN_FETCH_TIMEOUT_S = 10.0
+GUARDIAN_PRICE_FILE = "prices.json"
+GUARDIAN_MAX_PRICE_BYTES = 64 * 1024
+GUARDIAN_ELECTRICITY_USD_KWH = 0.10
+GUARDIAN_LTC_REWARD = 6.25  # LTC per block since the 2023 halving
+GUARDIAN_DOGE_REWARD = 10000.0  # DOGE per block, fixed
+GUARDIAN_MERGED_MINING = True  # DOGE auxpow alongside LTC
+GUARDIAN_LTC_DIFFICULTY = 30_000_000.0  # cache fallback until a notify gives nBits
+GUARDIAN_DOGE_DIFFICULTY = 20_000_000.0
+GUARDIAN_WATTS_DEFAULT = 800.0  # L3+ at the wall when nothing is measured
