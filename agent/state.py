@@ -4,7 +4,11 @@ Producers call the small methods below; surfaces call snapshot(). Every nonce fr
 is counted exactly once: record_nonce() puts it in `pending` or a final bucket, resolve() moves one
 from `pending` to a final bucket, and nothing else touches the buckets, so
     nonces == accepted + rejected + stale + below_target + hw_errors + pending
-holds by construction. A lock makes the methods safe from the C-core threads too."""
+holds by construction. A lock makes the methods safe from the C-core threads too.
+
+Beyond the fields DESIGN.md lists, the snapshot carries `chips` (per-chip rows: chain, id, nonces,
+hw_errors, hashrate_hs, frequency_mhz, temp_c, status), `tuner` and `thermal` ({state, reason}),
+`events` (recent {time, kind, message}, newest first), `version` and `time` (wall clock)."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from agent import __version__
 from agent import defaults as D
 from agent.mining.targets import HASHES_PER_DIFF1
 
@@ -53,6 +58,17 @@ class RateWindow:
 
 
 @dataclass
+class ChipState:
+    id: int
+    by_nonces: RateWindow
+    nonces: int = 0
+    hw_errors: int = 0
+    frequency_mhz: float | None = None
+    temp_c: float | None = None
+    status: str = "ok"
+
+
+@dataclass
 class ChainState:
     id: int
     by_nonces: RateWindow  # nonces x difficulty x 65536: what chips' work is worth
@@ -64,6 +80,7 @@ class ChainState:
     hw_errors: int = 0
     hashes: int = 0  # hashes counted directly (CPU board); chips only report nonces
     counts_hashes: bool = False
+    per_chip: dict[int, ChipState] | None = None  # filled once a nonce or set_chip names a chip
 
     def hashrate_hs(self, now: float) -> float:
         # A board that counts its hashes knows its rate exactly; chips are estimated from nonces.
@@ -87,8 +104,10 @@ class State:
         self,
         clock: Callable[[], float] = time.monotonic,
         window_s: float = D.HASHRATE_WINDOW_S,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._clock = clock
+        self._wall = wall
         self._window_s = window_s
         self._lock = threading.Lock()
         self._started = clock()
@@ -98,6 +117,9 @@ class State:
         self.pools: dict[str, PoolState] = {}
         self.fans: list[dict[str, Any]] = []
         self.guardian: dict[str, str] = {"state": "mine", "reason": "starting"}
+        self.tuner: dict[str, str] = {"state": "idle", "reason": "starting"}
+        self.thermal: dict[str, str] = {"state": "starting", "reason": "starting"}
+        self.events: deque[dict[str, Any]] = deque(maxlen=D.WEB_EVENTS_KEPT)
 
     # ------------------------------------------------------------------ hashing side
 
@@ -130,12 +152,41 @@ class State:
                 c.frequency_mhz = frequency_mhz
             c.temp_c = temp_c
 
+    def _chip(self, c: ChainState, chip: int) -> ChipState:
+        if c.per_chip is None:
+            c.per_chip = {}
+        s = c.per_chip.get(chip)
+        if s is None:
+            s = ChipState(id=chip, by_nonces=RateWindow(self._window_s, self._started))
+            c.per_chip[chip] = s
+        return s
+
+    def set_chip(
+        self,
+        chain: int,
+        chip: int,
+        *,
+        frequency_mhz: float | None = None,
+        temp_c: float | None = None,
+        status: str | None = None,
+    ) -> None:
+        """Per-chip data the tuner or the chain driver knows (frequency, temperature, status)."""
+        with self._lock:
+            s = self._chip(self._chain(chain), chip)
+            if frequency_mhz is not None:
+                s.frequency_mhz = frequency_mhz
+            if temp_c is not None:
+                s.temp_c = temp_c
+            if status is not None:
+                s.status = status
+
     def record_nonce(
         self,
         chain: int,
         difficulty: float,
         outcome: str = PENDING,
         pool: str | None = None,
+        chip: int | None = None,
     ) -> None:
         """Count one nonce from the hashing side; it met `difficulty` (the ticket difficulty).
 
@@ -150,13 +201,26 @@ class State:
             self.nonces += 1
             self.buckets[outcome] += 1
             c.nonces += 1
+            s = self._chip(c, chip) if chip is not None else None
+            if s is not None:
+                s.nonces += 1
             if outcome == "hw_errors":
                 c.hw_errors += 1
+                if s is not None:
+                    s.hw_errors += 1
             else:
                 c.by_nonces.add(difficulty * HASHES_PER_DIFF1, self._clock())
+                if s is not None:
+                    s.by_nonces.add(difficulty * HASHES_PER_DIFF1, self._clock())
             self._count_pool(outcome, pool)
 
-    def resolve(self, outcome: str, pool: str | None = None, chain: int | None = None) -> None:
+    def resolve(
+        self,
+        outcome: str,
+        pool: str | None = None,
+        chain: int | None = None,
+        chip: int | None = None,
+    ) -> None:
         """Move one nonce from pending to a final bucket (a pool's answer, a stale job...)."""
         if outcome not in FINAL:
             raise ValueError(f"outcome must be one of {', '.join(FINAL)}, got {outcome!r}")
@@ -166,7 +230,10 @@ class State:
             self.buckets[PENDING] -= 1
             self.buckets[outcome] += 1
             if outcome == "hw_errors" and chain is not None and chain in self.chains:
-                self.chains[chain].hw_errors += 1
+                c = self.chains[chain]
+                c.hw_errors += 1
+                if chip is not None:
+                    self._chip(c, chip).hw_errors += 1
             self._count_pool(outcome, pool)
 
     def _count_pool(self, outcome: str, pool: str | None) -> None:
@@ -209,6 +276,20 @@ class State:
         with self._lock:
             self.guardian = {"state": state, "reason": reason}
 
+    def set_tuner(self, state: str, reason: str) -> None:
+        with self._lock:
+            self.tuner = {"state": state, "reason": reason}
+
+    def set_thermal(self, state: str, reason: str) -> None:
+        with self._lock:
+            self.thermal = {"state": state, "reason": reason}
+
+    def add_event(self, kind: str, message: str) -> None:
+        """A line for the status page's recent events (kept: the last D.WEB_EVENTS_KEPT).
+        `message` is shown to anyone who may read: never put a secret in it."""
+        with self._lock:
+            self.events.append({"time": self._wall(), "kind": kind, "message": message})
+
     # ------------------------------------------------------------------ the snapshot
 
     def snapshot(self) -> dict[str, Any]:
@@ -228,6 +309,21 @@ class State:
                 }
                 for c in sorted(self.chains.values(), key=lambda c: c.id)
             ]
+            # Per-chip rows, flat (chain, id): only chips that reported a nonce or were set_chip'ed.
+            chips = [
+                {
+                    "chain": c.id,
+                    "id": s.id,
+                    "nonces": s.nonces,
+                    "hw_errors": s.hw_errors,
+                    "hashrate_hs": s.by_nonces.rate(now),
+                    "frequency_mhz": s.frequency_mhz,
+                    "temp_c": s.temp_c,
+                    "status": s.status,
+                }
+                for c in sorted(self.chains.values(), key=lambda c: c.id)
+                for s in sorted((c.per_chip or {}).values(), key=lambda s: s.id)
+            ]
             return {
                 "hashrate_hs": sum(c["hashrate_hs"] for c in chains),
                 "nonces": self.nonces,
@@ -238,4 +334,10 @@ class State:
                 "guardian": dict(self.guardian),
                 "uptime_s": now - self._started,
                 "hashes": sum(c["hashes"] for c in chains),
+                "chips": chips,
+                "version": __version__,
+                "time": self._wall(),
+                "tuner": dict(self.tuner),
+                "thermal": dict(self.thermal),
+                "events": [dict(e) for e in reversed(self.events)],  # newest first
             }
