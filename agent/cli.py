@@ -161,6 +161,42 @@ def cmd_config_check(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_secrets_encrypt(args: argparse.Namespace, out: TextIO) -> int:
+    """Print a Fernet token for a secret read from stdin or a prompt.
+
+    Never from argv: command lines show in `ps` and in shell history."""
+    import getpass
+
+    from agent.security.secrets import SecretBox, SecretsError
+
+    if sys.stdin.isatty():
+        secret = getpass.getpass("secret: ")
+        if getpass.getpass("again: ") != secret:
+            print("secrets encrypt: the two entries differ", file=sys.stderr)
+            return EXIT_USAGE
+    else:
+        secret = sys.stdin.read()
+        # Only the line ending `echo` or a file adds: spaces may be part of the password.
+        secret = secret.removesuffix("\n").removesuffix("\r")
+        if "\n" in secret:
+            print("secrets encrypt: expected one line on stdin", file=sys.stderr)
+            return EXIT_USAGE
+    if not secret:
+        print("secrets encrypt: empty secret", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        box = SecretBox.for_state_dir(args.state_dir)
+    except SecretsError as e:
+        print(f"secrets encrypt: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    print(box.encrypt(secret), file=out)
+    return EXIT_OK
+
+
+def cmd_secrets(args: argparse.Namespace, out: TextIO) -> int:
+    return cmd_secrets_encrypt(args, out)
+
+
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     print(f"doge-agent {__version__} demo: self-test, then the CPU board on random work", file=out)
     if cmd_selftest(args, out) != EXIT_OK:
@@ -333,6 +369,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("file", metavar="FILE", type=Path)
     c.set_defaults(func=cmd_config_check)
+
+    s = sub.add_parser("secrets", help="secrets at rest (pool passwords, API credentials)")
+    actions = s.add_subparsers(dest="secrets_command", metavar="ACTION", required=True)
+    c = actions.add_parser(
+        "encrypt",
+        help="print a password_enc token for a secret read from stdin or a prompt",
+        description="Read one secret from stdin (or prompt for it on a terminal; never from the "
+        "command line) and print a Fernet token for password_enc, encrypted with this board's key "
+        "(created in the state directory if it does not exist yet).",
+    )
+    c.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(D.STATE_DIR),
+        help=f"where the board's key lives (default {D.STATE_DIR})",
+    )
+    c.set_defaults(func=cmd_secrets)
 
     s = sub.add_parser(
         "demo",
