@@ -242,3 +242,19 @@ GUARDIAN_MERGED_MINING = True  # DOGE auxpow alongside LTC
 GUARDIAN_LTC_DIFFICULTY = 30_000_000.0  # cache fallback until a notify gives nBits
 GUARDIAN_DOGE_DIFFICULTY = 20_000_000.0
 GUARDIAN_WATTS_DEFAULT = 800.0  # L3+ at the wall when nothing is measured
+
+# ---------------------------------------------------------------------------- fleet APIs
+# agent/api/cgminer.py: the cgminer-compatible API (shared/reference/pyasic-compat.md §8)
+CGMINER_MODEL = "Antminer L3+"  # VERSION Type: pyasic picks BMMinerL3Plus (4 x 72 chips, 2 fans)
+CGMINER_MAX_REQUEST_BYTES = 8192  # cgminer reads one TMPBUFSIZ; more -> Invalid JSON / command
+CGMINER_READ_TIMEOUT_S = 5.0  # the whole request must arrive within this (empty probes closed)
+CGMINER_HANDLER_TIMEOUT_S = 30.0  # one privileged action (pool change, restart...)
+CGMINER_WRITE_TIMEOUT_S = 10.0  # a client that does not read its reply is dropped
+CGMINER_MAX_CONNECTIONS = 32  # open connections at once; more are closed at once
+CGMINER_READ_ALLOW = ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+CGMINER_WRITE_ALLOW = ("127.0.0.0/8", "::1/128")  # cgminer's default: privileged from localhost
+# agent/api/stock_cgi.py: stock Antminer CGI pages for fleet tools (pyasic's AntminerOld web API)
+STOCK_CGI_REALM = "antMiner Configuration"  # realm="antMiner... also marks us as Antminer
+STOCK_CGI_USER = "root"
+STOCK_CGI_MINER_TYPE = "Antminer L3+"  # get_system_info.cgi minertype
+STOCK_CGI_LOCATE_S: float | None = None  # blink.cgi startBlink: until stopBlink (None = no limit)
