@@ -70,9 +70,8 @@ def _create_key_file(path: Path) -> None:
     The key is written to a private temporary file, synced, then hard-linked into place: link()
     never replaces an existing file, so two agents starting at once keep the first key."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()  # left over by a crash of this same pid number
+    # A random name: threads of one process (same pid) must not share a temporary file.
+    tmp = path.with_name(f".{path.name}.{os.urandom(8).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         try:
