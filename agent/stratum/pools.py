@@ -448,6 +448,9 @@ class PoolManager:
         # session can be submitted any more. A resumed one keeps its jobs.
         pool.extranonce1 = client.extranonce1
         pool.stats.latency_ms = client.latency_ms
+        last = pool.last_job
+        if last is not None and last.connection != client.connection and not client.resumed:
+            pool.last_job = None  # a job of the old session: never hand it out again
         self._transition(pool, PoolStatus.ALIVE, "subscribed and authorized")
         # shares found while the pool was down, whose job survived the reconnection
         queued, pool.queue = pool.queue, deque()
