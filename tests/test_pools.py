@@ -214,6 +214,10 @@ def test_queued_share_lost_when_session_changes() -> None:
         assert result.outcome == "lost" and "no longer valid" in (result.reason or "")
         assert back.submits.empty()
         assert mgr.stats()[0].lost == 1
+        fresh = await owner.job_from(pool.url)
+        assert fresh.extranonce1 == bytes.fromhex("0badf00d")
+        assert mgr.current_job is not None
+        assert mgr.current_job.extranonce1 == bytes.fromhex("0badf00d")
         await mgr.stop()
         await back.kill()
 
