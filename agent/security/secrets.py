@@ -174,16 +174,25 @@ def _forms(secret: str) -> set[str]:
     return {f for f in forms if f}
 
 
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """`text` with every occurrence of every secret (and its escaped forms) replaced by ***."""
+def _all_forms(secrets: Iterable[str]) -> tuple[str, ...]:
     forms: set[str] = set()
     for s in secrets:
         if s:
             forms |= _forms(s)
     # Longest first, so a secret that contains another is masked whole.
-    for form in sorted(forms, key=len, reverse=True):
-        text = text.replace(form, MASK)
+    return tuple(sorted(forms, key=len, reverse=True))
+
+
+def _mask(text: str, forms: tuple[str, ...]) -> str:
+    for form in forms:
+        if form in text:
+            text = text.replace(form, MASK)
     return text
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every occurrence of every secret (and its escaped forms) replaced by ***."""
+    return _mask(text, _all_forms(secrets))
 
 
 # LogRecord attributes that are not user data: everything else (extra=...) is checked too.
@@ -203,25 +212,32 @@ class SecretFilter(logging.Filter):
     def __init__(self, secrets: Iterable[str] = (), min_chars: int = 4) -> None:
         super().__init__()
         self.min_chars = min_chars
-        self._secrets: set[str] = set()
+        # Replaced whole, never mutated: a thread logging while another adds a secret always sees
+        # a consistent set, and the escaped forms are computed once, not per record.
+        self._secrets: frozenset[str] = frozenset()
+        self._forms: tuple[str, ...] = ()
         for s in secrets:
             self.add(s)
 
     def __repr__(self) -> str:
         return f"SecretFilter({len(self._secrets)} secrets)"
 
+    def _set(self, secrets: frozenset[str]) -> None:
+        forms = _all_forms(secrets)
+        self._secrets, self._forms = secrets, forms
+
     def add(self, secret: str) -> None:
         if isinstance(secret, str) and len(secret) >= self.min_chars:
-            self._secrets.add(secret)
+            self._set(self._secrets | {secret})
 
     def discard(self, secret: str) -> None:
-        self._secrets.discard(secret)
+        self._set(self._secrets - {secret})
 
     def _clean(self, text: str) -> str:
-        return redact(text, self._secrets)
+        return _mask(text, self._forms)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self._secrets:
+        if not self._forms:
             return True
         try:
             message = record.getMessage()
