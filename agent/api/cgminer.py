@@ -768,6 +768,7 @@ class CgminerServer:
                 reply, after = await self.api.answer(raw, peer, oversize)
                 writer.write(reply)
                 await asyncio.wait_for(writer.drain(), self.options.write_timeout_s)
+                await self._linger(reader, writer)
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
             pass
         except asyncio.CancelledError:
@@ -783,6 +784,22 @@ class CgminerServer:
                     await asyncio.wait_for(r.after(), self.options.handler_timeout_s)
                 except Exception:
                     log.exception("cgminer: action after %s failed", r.bare or r.msg)
+
+    async def _linger(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Half-close, then discard what the client still sends until it closes (bounded).
+
+        Closing a socket with unread input (an oversize request) makes the kernel send a reset
+        that can destroy the reply before the client reads it."""
+        with contextlib.suppress(Exception):
+            if writer.can_write_eof():
+                writer.write_eof()
+            async with asyncio.timeout(min(1.0, self.options.read_timeout_s)):
+                budget = 16 * self.options.max_request_bytes
+                while budget > 0:
+                    chunk = await reader.read(min(budget, 65536))
+                    if not chunk:
+                        break
+                    budget -= len(chunk)
 
     async def _read(self, reader: asyncio.StreamReader) -> tuple[bytes, bool]:
         """The request: complete JSON, a plain line, EOF, the size limit, or the read deadline.
@@ -815,8 +832,11 @@ def _complete(data: bytes) -> bool:
         return True
     try:
         json.loads(text.decode("utf-8"))
+    except json.JSONDecodeError as e:
+        # incomplete only if the parser ran off the end; invalid JSON is answered at once
+        return not (e.pos >= len(e.doc.rstrip()) or e.msg.startswith("Unterminated string"))
     except (ValueError, RecursionError):
-        return False
+        return True  # not UTF-8, or absurdly nested: complete, and invalid
     return True
 
 
