@@ -98,7 +98,7 @@ class StockCgi:
         self.hostname = options.hostname or socket.gethostname()
         self.macaddr = (options.macaddr or machine_mac()).upper()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.stats: dict[str, int] = {"unauthorized": 0, "forbidden": 0, "locked_out": 0}
+        self.counters: dict[str, int] = {"unauthorized": 0, "forbidden": 0, "locked_out": 0}
 
     # ------------------------------------------------------------------ gatekeeping
 
@@ -106,12 +106,12 @@ class StockCgi:
         """None when the request may go on, else the refusal to send."""
         allowed = self.policy.may_write(req.peer) if write else self.policy.may_read(req.peer)
         if not allowed:
-            self.stats["forbidden"] += 1
+            self.counters["forbidden"] += 1
             log.warning("stock CGI: %s %s refused to %s (not allowed)", req.method, req.path,
                         req.peer)  # fmt: skip
             return Response.error(403)
         if self.guard.locked(req.peer):
-            self.stats["locked_out"] += 1
+            self.counters["locked_out"] += 1
             retry = str(int(self.guard.remaining_s(req.peer)) + 1)
             return Response.error(429, "too many failed logins", Retry_After=retry)
         auth = req.headers.get("authorization")
@@ -121,7 +121,7 @@ class StockCgi:
             return None
         if auth is not None and not result.stale:
             self.guard.failed(req.peer)
-            self.stats["unauthorized"] += 1
+            self.counters["unauthorized"] += 1
             log.info("stock CGI: login from %s refused: %s", req.peer, result.reason)
         return Response.error(401, WWW_Authenticate=self.digest.challenge(stale=result.stale))
 
@@ -299,7 +299,7 @@ class StockCgi:
 
     def _write_gate(self, req: Request) -> Response | None:
         if self.controls is None or not self.policy.may_write(req.peer):
-            self.stats["forbidden"] += 1
+            self.counters["forbidden"] += 1
             log.warning("stock CGI: write %s refused to %s", req.path, req.peer)
             return Response.error(403)
         return None
@@ -377,7 +377,7 @@ def register(
     options: StockCgiOptions,
     policy: AccessPolicy | None = None,
 ) -> StockCgi:
-    """Mount the stock CGI pages on `server`; returns the handler object (stats, tests)."""
+    """Mount the stock CGI pages on `server`; returns the handler object (counters, tests)."""
     cgi = StockCgi(state, controls, options, policy)
     reads = {
         "get_system_info": cgi.get_system_info,
