@@ -64,11 +64,14 @@ td.url { text-align:left; white-space:normal; overflow-wrap:anywhere; min-width:
 #events { list-style:none; margin:0; padding:0; max-height: 18rem; overflow-y:auto;
   font-size:.85rem; }
 #events li { padding:.25rem 0; border-bottom:1px solid var(--line); overflow-wrap:anywhere; }
-#events time { color:var(--dim); margin-right:.5rem; font-variant-numeric: tabular-nums; }
+#events time { white-space:nowrap; color:var(--dim); margin-right:.5rem;
+  font-variant-numeric: tabular-nums; }
 #events .kind { color:var(--accent); margin-right:.4rem; }
 .empty { color:var(--dim); font-size:.85rem; }
 @media (max-width: 480px) {
-  .big { font-size:1.6rem; } main { padding:.5rem; gap:.5rem; } th, td { padding:.25rem .3rem; }
+  .big { font-size:1.6rem; } main { padding:.5rem; gap:.5rem; }
+  th, td { padding:.25rem .25rem; font-size:.8rem; } .opt { display:none; }
+  td.url { min-width:6rem; }
 }
 </style>
 </head>
@@ -102,22 +105,24 @@ td.url { text-align:left; white-space:normal; overflow-wrap:anywhere; min-width:
     <div class="state"><span class="name">Tuner</span>
       <span class="badge" id="tuner-state">–</span>
       <span class="reason" id="tuner-reason"></span></div>
-    <h2 style="margin-top:.9rem">Fans</h2>
+  </section>
+  <section>
+    <h2>Fans</h2>
     <div class="kv" id="fans"><span class="empty">no fans</span></div>
   </section>
   <section class="wide">
     <h2>Hash boards</h2>
     <div class="scroll"><table id="chains">
-      <thead><tr><th>Chain</th><th>Chips</th><th>MHz</th><th>Hashrate</th><th>Temp</th>
-        <th>Nonces</th><th>HW err</th></tr></thead>
+      <thead><tr><th>Chain</th><th>Chips</th><th class="opt">MHz</th><th>Hashrate</th>
+        <th>Temp</th><th class="opt">Nonces</th><th>HW err</th></tr></thead>
       <tbody></tbody>
     </table></div>
   </section>
   <section class="wide">
     <h2>Pools</h2>
     <div class="scroll"><table id="pools">
-      <thead><tr><th>#</th><th style="text-align:left">URL</th><th>Status</th>
-        <th>Accepted</th><th>Rejected</th><th>Latency</th></tr></thead>
+      <thead><tr><th class="opt">#</th><th style="text-align:left">URL</th><th>Status</th>
+        <th>Acc.</th><th>Rej.</th><th>Latency</th></tr></thead>
       <tbody></tbody>
     </table></div>
   </section>
@@ -201,19 +206,19 @@ function render(s) {
     const tr = document.createElement("tr"); tr.id = "chain-" + c.id;
     cell(tr, "c-id", String(c.id));
     cell(tr, "c-chips", fmtInt(c.chips), c.chips);
-    cell(tr, "c-freq", typeof c.frequency_mhz === "number" ? c.frequency_mhz.toFixed(1) : "–",
+    cell(tr, "c-freq opt", typeof c.frequency_mhz === "number" ? c.frequency_mhz.toFixed(1) : "–",
       c.frequency_mhz);
     cell(tr, "c-hashrate", fmtHash(c.hashrate_hs), c.hashrate_hs);
     const t = cell(tr, "c-temp", fmtTemp(c.temp_c), c.temp_c);
     if (tempClass(c.temp_c)) t.classList.add(tempClass(c.temp_c));
-    cell(tr, "c-nonces", fmtInt(c.nonces), c.nonces);
+    cell(tr, "c-nonces opt", fmtInt(c.nonces), c.nonces);
     cell(tr, "c-hw", fmtInt(c.hw_errors), c.hw_errors);
     cb.appendChild(tr);
   }
   const pb = document.querySelector("#pools tbody"); pb.replaceChildren();
   (s.pools || []).forEach((p, i) => {
     const tr = document.createElement("tr"); tr.id = "pool-" + i;
-    cell(tr, "p-index", String(i));
+    cell(tr, "p-index opt", String(i));
     cell(tr, "p-url url", p.url);
     const st = cell(tr, "p-status", p.status);
     st.style.color = p.status === "alive" ? "var(--ok)" : "var(--warn)";
