@@ -127,6 +127,19 @@ def test_pyasic_reads_the_agent_as_an_l3plus(pyasic: ModuleType) -> None:
             assert ("locate", (True,)) in controls.calls
             assert await miner.fault_light_off() is False
             assert controls.calls[-1] == ("locate", (False,))
+
+            # reboot.cgi restarts the mining service (answered first, then done)
+            controls.called.clear()
+            assert await miner.reboot() is True
+            await asyncio.wait_for(controls.called.wait(), 5)
+            assert controls.calls[-1] == ("restart", ())
+
+            # pool changes through the old (form) set_miner_conf.cgi
+            config = await miner.get_config()
+            config.pools.groups[0].pools.reverse()
+            await miner.send_config(config)
+            assert [p["url"] for p in controls.pools()] == [POOL_B, POOL_A]
+            assert controls.names().count("add_pool") == 0  # same url+user: passwords kept
         finally:
             await http.stop()
             await cgminer.stop()

@@ -343,8 +343,9 @@ class StockCgi:
         return Response.json({"stats": "success", "code": "M000", "msg": "OK!"})
 
     async def _apply_pools(self, wanted: list[tuple[str, str, str]]) -> None:
-        """Make the configured pools the wanted ones: add the new (in order), then remove those
-        no longer listed. A pool already there with the same url and user keeps its password."""
+        """Make the configured pools the wanted ones, in order: add the new, remove those no longer
+        listed, then reorder. A pool already there with the same url and user keeps its password
+        (pyasic reads the pools back with empty passwords before it writes them)."""
         assert self.controls is not None
         have = {(str(p.get("url")), str(p.get("user"))) for p in self.controls.pools()}
         for priority, (url, user, password) in enumerate(wanted):
@@ -357,6 +358,21 @@ class StockCgi:
             if not stale:
                 break
             await self.controls.remove_pool(int(stale[-1]["index"]))
+        # pool 1 is the preferred one: when the order differs, make each wanted pool the
+        # preferred one, last to first, so the first ends on top
+        order = [(url, user) for url, user, _ in wanted]
+
+        def current() -> list[dict[str, Any]]:
+            assert self.controls is not None
+            return list(self.controls.pools())
+
+        if [(str(p.get("url")), str(p.get("user"))) for p in current()] != order:
+            for key in reversed(order):
+                match = next(
+                    (p for p in current() if (str(p.get("url")), str(p.get("user"))) == key), None
+                )
+                if match is not None:
+                    await self.controls.switch_pool(int(match["index"]))
 
     def _later(self, coro: Awaitable[Any], what: str) -> None:
         async def run() -> None:
