@@ -124,7 +124,6 @@ def serve(
 
     async def main() -> WebSurface:
         surface = WebSurface(state or known_state(clock), controls, options, clock=clock)
-        surface.controls_fake = controls  # type: ignore[attr-defined]
         await surface.start()
         try:
             async with asyncio.timeout(20):
@@ -399,6 +398,14 @@ def test_no_password_configured_means_no_basic_login() -> None:
             await w.stop()
 
     asyncio.run(main())
+
+
+def test_options_from_config() -> None:
+    from agent.config import Config
+
+    o = WebOptions.from_config(Config(), password=PASSWORD)
+    assert o.listen == Config().api.http_listen and o.password == PASSWORD
+    assert "127.0.0.0/8" in o.read_allow
 
 
 def test_options_repr_hides_secrets() -> None:

@@ -61,7 +61,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
 class WebOptions:
     """How the web surface listens and whom it lets in. Secrets are kept out of repr()."""
 
-    listen: str = D.WEB_LISTEN
+    listen: str = D.HTTP_LISTEN
     read_allow: tuple[str, ...] = D.WEB_READ_ALLOW
     write_allow: tuple[str, ...] = D.WEB_WRITE_ALLOW
     user: str = "admin"  # the Basic-auth user name; the owner password goes with it
@@ -78,6 +78,24 @@ class WebOptions:
     login_lockout_s: float = D.WEB_LOGIN_LOCKOUT_S
     refresh_s: float = D.WEB_REFRESH_S
     health_hot_c: float = D.WEB_HEALTH_HOT_C
+
+    @classmethod
+    def from_config(
+        cls, config: Any, *, password: str = "", token: str = "", **kw: Any
+    ) -> WebOptions:
+        """From a Config: [api] http_listen, and http_read_allow / http_write_allow /
+        http_tls_cert / http_tls_key when the config has them. Secrets are passed in decrypted."""
+        api = getattr(config, "api", None)
+        o: dict[str, Any] = {"listen": getattr(api, "http_listen", D.HTTP_LISTEN)}
+        for key, name in (("read_allow", "http_read_allow"), ("write_allow", "http_write_allow")):
+            value = getattr(api, name, None)
+            if value is not None:
+                o[key] = tuple(value)
+        for key, name in (("tls_cert_file", "http_tls_cert"), ("tls_key_file", "http_tls_key")):
+            if getattr(api, name, None):
+                o[key] = str(getattr(api, name))
+        o.update(kw)
+        return cls(password=password, token=token, **o)
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if self.tls is not None:
