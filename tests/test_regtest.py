@@ -119,7 +119,7 @@ def nodes(tmp_path: Path) -> Iterator[tuple[Node, Node]]:
         miner = Node(
             "miner",
             tmp_path,
-            ["-listen=0", f"-connect=127.0.0.1:{p2p}", "-fallbackfee=0.0001"],
+            ["-listen=0", f"-connect=127.0.0.1:{p2p}", "-fallbackfee=0.0001", "-keypool=1"],
         )
         started.append(miner)
         peer.wait_ready()
@@ -184,8 +184,11 @@ def test_litecoind_accepts_blocks_found_through_the_pool(nodes):
     peer, miner = nodes
     t0 = time.monotonic()
     miner.call("createwallet", "w")  # 0.21 creates no default wallet
+    wallet_s = time.monotonic() - t0
     addr = miner.call("getnewaddress")
-    miner.call("generatetoaddress", 101, addr)  # leaves IBD (-10) and matures block 1's coinbase
+    t_gen = time.monotonic()
+    miner.call("generatetoaddress", 101, addr)
+    gen_s = time.monotonic() - t_gen  # leaves IBD (-10) and matures block 1's coinbase
     for _ in range(3):  # wallet transactions: templates get a merkle branch and witness data
         miner.call("sendtoaddress", miner.call("getnewaddress"), 1)
     start = miner.call("getblockcount")
@@ -211,8 +214,10 @@ def test_litecoind_accepts_blocks_found_through_the_pool(nodes):
         time.sleep(0.05)
     end_peer = peer.call("getblockcount")
     print(
-        f"\nregtest: setup {setup_s:.2f} s, mining {mining_s:.2f} s, "
-        f"{end_miner - start} blocks, pool stats {pool.stats.as_dict()}, client {result}"
+        f"\nregtest: setup {setup_s:.2f} s (createwallet {wallet_s:.2f} s, "
+        f"generate 101: {gen_s:.2f} s), mining {mining_s:.2f} s, "
+        f"{end_miner - start} blocks, pool stats {pool.stats.as_dict()}, client {result}, "
+        f"verdicts {pool.stats.block_verdicts}"
     )
     assert end_miner - start >= BLOCKS_WANTED
     assert end_peer - start >= BLOCKS_WANTED

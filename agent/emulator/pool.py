@@ -684,9 +684,9 @@ class StratumPool:
         s.accepted += 1
         now = time.monotonic()
         s.share_times.append(now)
-        await s.reply(msg_id, True)
-        if block is not None:
+        if block is not None:  # before the reply, so a miner that saw true sees the block
             await self._block(*block)
+        await s.reply(msg_id, True)
         new = self.policy.next(s.difficulty, s.accepted, s.share_times, now)
         if new is not None and new != s.difficulty:
             s.share_times.clear()
