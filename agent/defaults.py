@@ -258,3 +258,4 @@ STOCK_CGI_REALM = "antMiner Configuration"  # realm="antMiner... also marks us a
 STOCK_CGI_USER = "root"
 STOCK_CGI_MINER_TYPE = "Antminer L3+"  # get_system_info.cgi minertype
 STOCK_CGI_LOCATE_S: float | None = None  # blink.cgi startBlink: until stopBlink (None = no limit)
+HTTP_MAX_CONNECTIONS_PER_IP = 16  # open connections from one address; more -> 503 and close
