@@ -316,6 +316,22 @@ def test_connection_cap_answers_503() -> None:
     assert s.stats["refused_connections"] == 1
 
 
+def test_connections_per_address_are_capped() -> None:
+    limits = Limits(**{**FAST.__dict__, "max_connections": 10, "max_connections_per_ip": 2})
+
+    async def body(s: HTTPServer) -> None:
+        held = [await asyncio.open_connection("127.0.0.1", s.port) for _ in range(2)]
+        for r, w in held:
+            w.write(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await read_answer(r)).status == 200
+        got = await raw_exchange(s.port, b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n", timeout=3)
+        assert parse(got).status == 503
+        for _, w in held:
+            w.close()
+
+    run(body, limits=limits)
+
+
 def test_expect_100_continue() -> None:
     async def body(s: HTTPServer) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", s.port)

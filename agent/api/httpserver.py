@@ -94,6 +94,7 @@ class Limits:
     keepalive_idle_s: float = D.HTTP_KEEPALIVE_IDLE_S
     keepalive_max_requests: int = D.HTTP_KEEPALIVE_MAX_REQUESTS
     max_connections: int = D.HTTP_MAX_CONNECTIONS
+    max_connections_per_ip: int = D.HTTP_MAX_CONNECTIONS_PER_IP
     handler_timeout_s: float = D.HTTP_HANDLER_TIMEOUT_S
     write_timeout_s: float = D.HTTP_WRITE_TIMEOUT_S
 
@@ -248,6 +249,7 @@ class HTTPServer:
         self._prefix: list[tuple[str, dict[str, Handler]]] = []
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
+        self._per_ip: dict[str, int] = {}
         self.stats: dict[str, int] = {
             "connections": 0,
             "requests": 0,
@@ -347,7 +349,10 @@ class HTTPServer:
         peername = writer.get_extra_info("peername")
         peer = str(peername[0]) if isinstance(peername, tuple) and peername else "unknown"
         self.stats["connections"] += 1
-        if len(self._conns) >= self.limits.max_connections:
+        if (
+            len(self._conns) >= self.limits.max_connections
+            or self._per_ip.get(peer, 0) >= self.limits.max_connections_per_ip
+        ):
             self.stats["refused_connections"] += 1
             self._count_error(503)
             with contextlib.suppress(ConnectionError, asyncio.CancelledError):
@@ -357,6 +362,7 @@ class HTTPServer:
             await self._close(writer)
             return
         self._conns.add(task)
+        self._per_ip[peer] = self._per_ip.get(peer, 0) + 1
         try:
             await self._serve(reader, writer, peer)
         except (ConnectionError, asyncio.IncompleteReadError, ssl_mod.SSLError, TimeoutError):
@@ -367,6 +373,11 @@ class HTTPServer:
             log.exception("%s: connection from %s failed", self.name, peer)
         finally:
             self._conns.discard(task)
+            left = self._per_ip.get(peer, 1) - 1
+            if left > 0:
+                self._per_ip[peer] = left
+            else:
+                self._per_ip.pop(peer, None)
             await self._close(writer)
 
     async def _close(self, writer: asyncio.StreamWriter) -> None:
@@ -402,6 +413,8 @@ class HTTPServer:
                 await self._send(writer, Response.error(408), close=True, head=False)
                 return
             except _Reject as r:
+                if self.rate_limit is not None:
+                    self.rate_limit(peer)  # a bad request spends a token like a good one
                 self._count_error(r.status)
                 log.info("%s: %s from %s: %s", self.name, r.status, peer, r.message)
                 await self._send(
