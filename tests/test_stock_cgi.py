@@ -33,8 +33,9 @@ class Client:
         self.port, self.user, self.password = port, user, password
         self.nc = 0
 
-    async def raw(self, method: str, path: str, body: bytes = b"",
-                  headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    async def raw(
+        self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
         reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
         h = {"Host": "127.0.0.1", "Connection": "close", "Content-Length": str(len(body)),
              **(headers or {})}  # fmt: skip
@@ -61,8 +62,9 @@ class Client:
                 f'cnonce="{cnonce}", response="{resp}", opaque="{params["opaque"]}", '
                 f"algorithm=MD5")  # fmt: skip
 
-    async def call(self, method: str, page: str, body: bytes = b"",
-                   ctype: str = "") -> tuple[int, Any]:
+    async def call(
+        self, method: str, page: str, body: bytes = b"", ctype: str = ""
+    ) -> tuple[int, Any]:
         path = f"/cgi-bin/{page}.cgi"
         extra = {"Content-Type": ctype} if ctype else {}
         status, hdrs, _ = await self.raw(method, path, body, extra)

@@ -243,13 +243,14 @@ class CgminerAPI:
         self, command: str, param: str | None, peer: str
     ) -> tuple[bytes, list[Reply]]:
         parts: dict[str, Reply] = {}
+        snap = self.state.snapshot()  # one snapshot, so the joined replies agree
         for name in (p.strip() for p in command.split("+")):
             if not name or name in parts:
                 continue  # blank parts are ignored, repeats answered once
             if len(parts) >= len(REPORT_COMMANDS) + len(PRIVILEGED_COMMANDS):
                 break
             if name in self._report:
-                parts[name] = await self._one(name, param, peer)
+                parts[name] = await self._one(name, param, peer, snap)
             elif name in self._privileged:
                 parts[name] = _status(E, MSG_ACCDENY, f"Access denied to '{name}' command")
             else:
@@ -263,11 +264,13 @@ class CgminerAPI:
         reply = await self._one(command.strip(), param if sep else None, peer)
         return self._encode_plain(reply), [reply]
 
-    async def _one(self, command: str, param: str | None, peer: str) -> Reply:
+    async def _one(
+        self, command: str, param: str | None, peer: str, snap: dict[str, Any] | None = None
+    ) -> Reply:
         report = self._report.get(command)
         if report is not None:
             try:
-                return report(self.state.snapshot())
+                return report(snap if snap is not None else self.state.snapshot())
             except Exception:  # a surface never takes the agent down
                 log.exception("cgminer: %s failed", command)
                 return _status(E, MSG_INVCMD, "Invalid command")
