@@ -259,3 +259,18 @@ STOCK_CGI_USER = "root"
 STOCK_CGI_MINER_TYPE = "Antminer L3+"  # get_system_info.cgi minertype
 STOCK_CGI_LOCATE_S: float | None = None  # blink.cgi startBlink: until stopBlink (None = no limit)
 HTTP_MAX_CONNECTIONS_PER_IP = 16  # open connections from one address; more -> 503 and close
+
+# mining / local pool
+# work.py: work ids a chain of BM1485 chips can carry (a 7-bit field), and the CPU board's.
+CHIP_WORK_IDS = 128
+CPU_WORK_IDS = 4096
+# work.py: 0 = every work uses the job's ntime; otherwise roll it with the clock up to this bound.
+NTIME_ROLL_S = 0
+# emulator/pool.py: the demo's local Stratum pool (always 127.0.0.1).
+POOL_PORT = 3333
+POOL_EXTRANONCE1_SIZE = 4
+POOL_EXTRANONCE2_SIZE = 4
+POOL_DIFFICULTY = 1 / 1024  # a few shares a second from one CPU thread
+POOL_JOB_INTERVAL_S = 30.0  # random mode: a non-clean notify this often
+POOL_VARDIFF_TARGET_INTERVAL_S = 5.0  # vardiff aims at one share per connection this often
+POOL_NODE_POLL_S = 0.5  # node mode: how often the tip is polled (getbestblockhash)

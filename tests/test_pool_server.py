@@ -301,3 +301,34 @@ def test_from_gbt_names_bad_fields():
     tpl["transactions"][0]["txid"] = "zz"
     with pytest.raises(gbt.TemplateError, match=r"transactions\[0\]\.txid"):
         gbt.from_gbt(tpl, payout_script=b"\x51", extranonce_size=8)
+
+
+def test_cli_serves_random_jobs():
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.emulator.pool", "--port", "0", "--difficulty", str(EASY)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        url = proc.stdout.readline().strip()
+        assert url.startswith("stratum+tcp://127.0.0.1:"), url
+
+        async def go():
+            c = MiniClient()
+            await c.connect(int(url.rsplit(":", 1)[1]))
+            await c.subscribe()
+            await c.call("mining.authorize", ["cli", "x"])
+            await c.push("mining.notify")
+            nonce, _ = c.find(bytes(4))
+            r = await c.call("mining.submit", c.submit_params("cli", bytes(4), nonce))
+            assert r["result"] is True
+            await c.close()
+
+        run(go())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

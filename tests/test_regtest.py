@@ -16,13 +16,22 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from agent import scrypt
-from agent.emulator.gbt import POOL_TAG
-from agent.emulator.pool import FixedDifficulty, NodeJobs, NodeRPC, RPCError, StratumPool
+from agent.emulator.gbt import OP_TRUE_SCRIPT, POOL_TAG, from_gbt
+from agent.emulator.pool import (
+    GBT_RULES,
+    FixedDifficulty,
+    NodeJobs,
+    NodeRPC,
+    RPCError,
+    StratumPool,
+)
+from agent.mining.job import header80, merkle_root, sha256d
 from agent.mining.work import ShareCandidate, WorkSource
 from tests.conftest import require_peer
 from tests.stratum_miniclient import MiniClient, notify_from_params
@@ -180,6 +189,25 @@ async def _mine(pool: StratumPool, miner: Node, peer: Node, target_height: int) 
     return {"submitted": submitted, "accepted": accepted, **counts}
 
 
+def _check_block_proposal(miner: Node) -> None:
+    """submitblock quietly adds a missing coinbase witness (§6 pitfall 7), so judge the pool's
+    block assembly with proposal mode (everything but PoW), with and without the witness."""
+    tpl = miner.call("getblocktemplate", GBT_RULES)
+    t = from_gbt(tpl, payout_script=OP_TRUE_SCRIPT, extranonce_size=8)
+    assert t.witness and len(t.tx_data) == 3 and t.branch
+    cb = t.coinb1 + bytes(8) + t.coinb2
+    header = header80(
+        t.version, t.prevhash, merkle_root(sha256d(cb), t.branch), t.ntime, t.nbits, 0
+    )
+    assert (
+        miner.call("getblocktemplate", {"mode": "proposal", "data": t.block(header, cb).hex()})
+        is None
+    )
+    bare = replace(t, witness=False).block(header, cb)  # coinbase without its reserved value
+    verdict = miner.call("getblocktemplate", {"mode": "proposal", "data": bare.hex()})
+    assert verdict == "bad-witness-nonce-size"
+
+
 def test_litecoind_accepts_blocks_found_through_the_pool(nodes):
     peer, miner = nodes
     t0 = time.monotonic()
@@ -192,6 +220,7 @@ def test_litecoind_accepts_blocks_found_through_the_pool(nodes):
     for _ in range(3):  # wallet transactions: templates get a merkle branch and witness data
         miner.call("sendtoaddress", miner.call("getnewaddress"), 1)
     start = miner.call("getblockcount")
+    _check_block_proposal(miner)
     assert miner.call("getmempoolinfo")["size"] == 3
     setup_s = time.monotonic() - t0
 

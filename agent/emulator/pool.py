@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent import defaults as D
 from agent import scrypt
 from agent.emulator.gbt import OP_TRUE_SCRIPT, Template, TemplateError, from_gbt, random_template
 from agent.mining.job import (
@@ -116,7 +117,7 @@ class VarDiff:
     """Retarget toward one share per target_interval_s, from the last `window` share times."""
 
     initial: float = 1.0
-    target_interval_s: float = 5.0
+    target_interval_s: float = D.POOL_VARDIFF_TARGET_INTERVAL_S
     window: int = 8
     minimum: float = 2**-16
     maximum: float = 2**20
@@ -240,7 +241,7 @@ class RandomJobs:
         self,
         *,
         nbits: int = 0x1E0FFFF0,
-        job_interval_s: float = 30.0,
+        job_interval_s: float = D.POOL_JOB_INTERVAL_S,
         block_interval_s: float | None = None,
         new_block_on_find: bool = True,
     ) -> None:
@@ -340,7 +341,7 @@ class NodeJobs:
         rpc: NodeRPC,
         *,
         payout_script: bytes | None = None,
-        poll_s: float = 0.5,
+        poll_s: float = D.POOL_NODE_POLL_S,
         refresh_s: float = 10.0,
         version: int | None = None,
     ) -> None:
@@ -418,8 +419,8 @@ class StratumPool:
         host: str = LOOPBACK,
         source: JobSource | None = None,
         policy: DifficultyPolicy | None = None,
-        extranonce1_size: int = 4,
-        extranonce2_size: int = 4,
+        extranonce1_size: int = D.POOL_EXTRANONCE1_SIZE,
+        extranonce2_size: int = D.POOL_EXTRANONCE2_SIZE,
         users: dict[str, str] | None = None,
         accept_suggested_difficulty: bool = True,
     ) -> None:
@@ -761,12 +762,19 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m agent.emulator.pool", description=__doc__.split("\n")[0]
     )
-    ap.add_argument("--port", type=int, default=3333, help="TCP port on 127.0.0.1 (0 = any free)")
-    ap.add_argument("--difficulty", type=float, default=1 / 1024, help="share difficulty")
+    ap.add_argument(
+        "--port", type=int, default=D.POOL_PORT, help="TCP port on 127.0.0.1 (0 = any free)"
+    )
+    ap.add_argument("--difficulty", type=float, default=D.POOL_DIFFICULTY, help="share difficulty")
     ap.add_argument("--vardiff", type=float, metavar="SECONDS", default=None,
                     help="vary difficulty toward one share per SECONDS per connection")  # fmt: skip
-    ap.add_argument("--extranonce2-size", type=int, default=4)
-    ap.add_argument("--job-interval", type=float, default=30.0, help="random mode: s per notify")
+    ap.add_argument("--extranonce2-size", type=int, default=D.POOL_EXTRANONCE2_SIZE)
+    ap.add_argument(
+        "--job-interval",
+        type=float,
+        default=D.POOL_JOB_INTERVAL_S,
+        help="random mode: s per notify",
+    )
     ap.add_argument("--block-interval", type=float, default=None, help="random mode: s per block")
     ap.add_argument("--nbits", default="1e0ffff0", help="random mode: network nBits (hex)")
     ap.add_argument("--node-rpc", default=None, help="litecoind RPC URL: node mode")
@@ -774,7 +782,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rpc-password")
     ap.add_argument("--rpc-cookie", help="litecoind .cookie file instead of user/password")
     ap.add_argument("--payout-script", default=None, help="node mode: payout scriptPubKey hex")
-    ap.add_argument("--poll", type=float, default=0.5, help="node mode: tip poll interval, s")
+    ap.add_argument(
+        "--poll", type=float, default=D.POOL_NODE_POLL_S, help="node mode: tip poll interval, s"
+    )
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

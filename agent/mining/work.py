@@ -32,7 +32,7 @@ from agent.stratum.protocol import Notify
 
 log = logging.getLogger(__name__)
 
-CHIP_WORK_IDS = 128  # BM1485 work id field is 7 bits
+CHIP_WORK_IDS = D.CHIP_WORK_IDS  # BM1485 work id field is 7 bits
 MAX_LAYOUTS = 4096  # remembered coinbase layouts (one per job, roughly); oldest forgotten first
 # Headers remembered per prevhash, for the last few prevhashes: a block's worth of work is far
 # below this (65536 works is 2**48 hashes); headers under different prevhashes can't collide.
@@ -115,7 +115,7 @@ class WorkSource:
         *,
         id_space: int = CHIP_WORK_IDS,
         works_per_job: int = 1,
-        ntime_roll_s: int = 0,
+        ntime_roll_s: int = D.NTIME_ROLL_S,
         nonce_start: int = 0,
         nonce_end: int = D.NONCE_SPACE,
         clock: Callable[[], float] = time.time,
