@@ -401,7 +401,9 @@ def test_loop_survives_bad_reads_and_a_failing_pause(tmp_path):
     )  # fmt: skip
     d = asyncio.run(loop.tick())
     assert d.state == "paused" and loop.counts["read_failed"] == 1
-    assert loop.counts["apply_failed"] == 1
+    assert loop.counts["apply_failed"] == 1 and loop.memory.state == "mining"  # not applied
+    asyncio.run(loop.tick())
+    assert loop.counts["apply_failed"] == 2  # so it is tried again on the next tick
     # a corrupt cache: counted, policy applies (keep_mining default), loop goes on
     (tmp_path / "prices.json").write_bytes(b"\x00garbage")
     loop2 = GuardianLoop(

@@ -89,9 +89,9 @@ class GuardianOptions:
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | Any | None) -> GuardianOptions:
-        from agent.control.thermal import _pick
+        from agent.control.thermal import options_kwargs
 
-        return cls(**_pick(cls, section))
+        return cls(**options_kwargs(cls, section))
 
 
 # ---------------------------------------------------------------------------- prices
@@ -498,6 +498,7 @@ class GuardianLoop:
         hs, w = await self._figures()
         inputs = GuardianInputs(now, hs, w, prices, problem, self._ltc_difficulty)
         d = decide(inputs, o, self.memory)
+        before = self.memory
         self.memory, self.last = d.memory, d
         if d.code != self._shown:
             self._shown = d.code
@@ -512,7 +513,8 @@ class GuardianLoop:
                 await _call(self.pause if d.state == "paused" else self.resume)
             except Exception as e:
                 self.counts["apply_failed"] += 1
-                self.logger.error("guardian: %s failed: %s", d.state, e)
+                self.logger.error("guardian: %s failed (retried next tick): %s", d.state, e)
+                self.memory = before  # not applied: the state did not change
         return d
 
     async def run(self, stop: asyncio.Event | None = None) -> None:

@@ -93,10 +93,10 @@ class ThermalOptions:
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | Any | None) -> ThermalOptions:
         """From a [thermal] mapping (or an object with those attributes); unset keys -> defaults."""
-        return cls(**_pick(cls, section))
+        return cls(**options_kwargs(cls, section))
 
 
-def _pick(cls: type, section: Mapping[str, Any] | Any | None) -> dict[str, Any]:
+def options_kwargs(cls: type, section: Mapping[str, Any] | Any | None) -> dict[str, Any]:
     if section is None:
         return {}
     names = cls.__dataclass_fields__  # type: ignore[attr-defined]
@@ -141,6 +141,7 @@ class ChainMemory:
     last_step_t: float | None = None
     tripped_at: float | None = None
     trip_reason: str = ""
+    trip_code: str = ""  # overheat | sensor_lost
     trips: int = 0
     blind_since: float | None = None
 
@@ -303,11 +304,9 @@ def decide(
         act, cm = _chain(c, hottest[c], cm, options, now, fan_failed_at, fan_failed_reason)
         actions.append(act)
         chains_mem[c] = cm
-        if act.code in ("overheat", "cooldown"):
+        if cm.tripped_at is not None and cm.trip_code == "overheat":
             flags.add("overheat")
-        if act.code in ("sensor_lost",) or (
-            cm.tripped_at is not None and "no trusted" in cm.trip_reason
-        ):
+        if cm.tripped_at is not None and cm.trip_code == "sensor_lost":
             flags.add("sensor_lost")
         if act.code == "locked_out":
             flags.add("locked_out")
@@ -397,11 +396,17 @@ def _chain(
     # new trips
     if temp is not None and temp >= o.dangerous_temp_c:
         why = f"{temp:.1f} °C >= dangerous {o.dangerous_temp_c:g} °C"
-        cm = replace(cm, tripped_at=now, trip_reason=why, trips=cm.trips + 1, freq_pct=0.0)
+        cm = replace(
+            cm, tripped_at=now, trip_reason=why, trip_code="overheat", trips=cm.trips + 1,
+            freq_pct=0.0,
+        )  # fmt: skip
         return ChainAction(c, "power_off", 0.0, "overheat", f"chain {c}: DC-DC off: {why}"), cm
     if blind_since is not None and now - blind_since >= o.sensor_lost_s:
         why = f"no trusted temperature for {now - blind_since:.0f} s"
-        cm = replace(cm, tripped_at=now, trip_reason=why, trips=cm.trips + 1, freq_pct=0.0)
+        cm = replace(
+            cm, tripped_at=now, trip_reason=why, trip_code="sensor_lost", trips=cm.trips + 1,
+            freq_pct=0.0,
+        )  # fmt: skip
         return ChainAction(c, "power_off", 0.0, "sensor_lost", f"chain {c}: DC-DC off: {why}"), cm
     if fan_failed_at is not None:
         return ChainAction(

@@ -100,9 +100,9 @@ class TunerOptions:
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | Any | None) -> TunerOptions:
-        from agent.control.thermal import _pick
+        from agent.control.thermal import options_kwargs
 
-        return cls(**_pick(cls, section))
+        return cls(**options_kwargs(cls, section))
 
 
 # ---------------------------------------------------------------------------- inputs / outputs
