@@ -261,3 +261,26 @@ def test_litecoind_accepts_blocks_found_through_the_pool(nodes):
     for h in range(start + 1, end_miner + 1):
         cb = miner.call("getblock", miner.call("getblockhash", h), 2)["tx"][0]
         assert tag in cb["vin"][0]["coinbase"], h
+
+
+def test_fresh_chain_first_block_built_without_gbt(nodes):
+    """A fresh regtest chain is "in initial download" (gbt answers -10): the pool builds the
+    first template by hand, and once that block is in, gbt takes over. No wallet loaded: the
+    pool pays to OP_TRUE."""
+    peer, miner = nodes
+    with pytest.raises(RPCError) as err:
+        miner.call("getblocktemplate", GBT_RULES)
+    assert err.value.code == -10
+
+    async def go() -> StratumPool:
+        pool = StratumPool(source=NodeJobs(miner.rpc, poll_s=0.05), policy=FixedDifficulty(2**-16))
+        async with pool:
+            await asyncio.wait_for(_mine(pool, miner, peer, 3), MINING_TIMEOUT_S)
+        return pool
+
+    pool = asyncio.run(go())
+    assert miner.call("getblockcount") >= 3
+    assert pool.stats.blocks_accepted >= 3
+    assert miner.call("getblocktemplate", GBT_RULES)["height"] >= 4  # out of IBD now
+    cb = miner.call("getblock", miner.call("getblockhash", 1), 2)["tx"][0]
+    assert cb["vout"][0]["scriptPubKey"]["hex"] == OP_TRUE_SCRIPT.hex()

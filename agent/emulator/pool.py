@@ -331,6 +331,8 @@ class NodeRPC:
 
 
 GBT_RULES = {"rules": ["mweb", "segwit"]}  # litecoind 0.21 refuses anything else (-8)
+RPC_IN_INITIAL_DOWNLOAD = -10
+REGTEST_HALVING_BLOCKS = 150
 
 
 class NodeJobs:
@@ -367,7 +369,12 @@ class NodeJobs:
         return self.payout_script
 
     async def template(self, pool: StratumPool) -> Template:
-        tpl = await self.rpc.acall("getblocktemplate", GBT_RULES)
+        try:
+            tpl = await self.rpc.acall("getblocktemplate", GBT_RULES)
+        except RPCError as e:
+            if e.code != RPC_IN_INITIAL_DOWNLOAD:
+                raise
+            tpl = await self._ibd_template()
         return from_gbt(
             tpl,
             payout_script=await self._payout(),
@@ -375,10 +382,37 @@ class NodeJobs:
             version=self.version,
         )
 
+    async def _ibd_template(self) -> dict[str, Any]:
+        """getblocktemplate's stand-in while the node is in initial block download.
+
+        A fresh regtest chain starts "in IBD" (its genesis is dated 2011) and gbt answers -10
+        until a recent block arrives; submitblock has no such check (§5.2 fix (a)). So build a
+        coinbase-only template from the tip: no transactions, hence no witness commitment."""
+        tip = await self.rpc.acall("getbestblockhash")
+        head = await self.rpc.acall("getblockheader", tip)
+        chain = (await self.rpc.acall("getblockchaininfo"))["chain"]
+        if chain != "regtest":
+            raise RPCError(RPC_IN_INITIAL_DOWNLOAD, f"{chain} node in initial block download")
+        height = head["height"] + 1
+        log.info(
+            "node mode: node in initial download; template for height %d built by hand", height
+        )
+        return {
+            "version": 0x20000000,
+            "previousblockhash": tip,
+            "transactions": [],
+            "coinbasevalue": (50 * 10**8) >> (height // REGTEST_HALVING_BLOCKS),
+            "bits": head["bits"],  # regtest: always the pow limit, 207fffff
+            "height": height,
+            "curtime": max(int(time.time()), head["mediantime"] + 1),
+            "mintime": head["mediantime"] + 1,
+        }
+
     async def run(self, pool: StratumPool) -> None:
         last_refresh = 0.0
         backoff = self.poll_s
         while True:
+            self._wake.clear()  # before fetching: a block found meanwhile wakes the next round
             try:
                 tip = await self.rpc.acall("getbestblockhash")
                 now = time.monotonic()
@@ -393,7 +427,6 @@ class NodeJobs:
                 self.errors += 1
                 log.warning("node mode: %s (retrying in %.1f s)", e, backoff)
                 backoff = min(5.0, backoff * 2)
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), backoff)
 
@@ -498,9 +531,8 @@ class StratumPool:
             self.jobs.popitem(last=False)
         self._current = job
         self.first_job.set()
-        for s in list(self.sessions):
-            if s.started:
-                await s.notify(job)
+        # concurrently: a stalled miner must not hold up everyone else's new job
+        await asyncio.gather(*(s.notify(job) for s in list(self.sessions) if s.started))
         return job
 
     async def new_block(self) -> None:
@@ -559,7 +591,11 @@ class StratumPool:
                     log.warning("pool: line over %d bytes; dropping the connection", MAX_LINE_BYTES)
                     break
                 if line.strip():
-                    await self._message(s, line)
+                    try:
+                        await self._message(s, line)
+                    except Exception:  # one bad message must not take the connection down
+                        log.exception("pool: error handling %r", line[:200])
+                        s.bad += 1
                 if s.bad > MAX_BAD_MESSAGES:
                     log.warning("pool: too many bad messages; dropping the connection")
                     break
