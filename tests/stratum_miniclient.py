@@ -51,7 +51,7 @@ class MiniClient:
                 msg = json.loads(line)
                 if msg.get("method"):  # dispatch by method first, then by id
                     await self.pushes.put(msg)
-                elif msg.get("id") in self._pending:
+                elif isinstance(msg.get("id"), int) and msg["id"] in self._pending:
                     self._pending.pop(msg["id"]).set_result(msg)
         finally:
             self.closed.set()

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent import scrypt
 from agent.emulator import gbt
@@ -332,3 +334,66 @@ def test_cli_serves_random_jobs():
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+HOSTILE = [
+    b"[]",
+    b"{}",
+    b"null",
+    b'"just a string"',
+    b'{"id":1,"method":5}',
+    b'{"id":1,"method":"mining.submit","params":{"a":1}}',
+    b'{"id":1,"method":"mining.submit","params":[1,2,3,4,5]}',
+    b'{"id":1,"method":"mining.submit","params":["w","1","zz","00000000","00000000"]}',
+    b'{"id":1,"method":"mining.subscribe","params":[null,5]}',
+    b'{"id":2,"method":"mining.subscribe","params":["x","not hex"]}',
+    b'{"id":1,"method":"mining.authorize","params":[{"x":1}]}',
+    b'{"id":1,"method":"mining.authorize","params":[]}',
+    b'{"id":1,"method":"mining.suggest_difficulty","params":[-1]}',
+    b'{"id":1,"method":"mining.suggest_difficulty","params":[1e400]}',
+    b'{"id":1,"method":"mining.suggest_difficulty","params":[]}',
+    b'{"id":[1,2],"method":"mining.extranonce.subscribe"}',
+    b'{"id":null,"result":true,"error":null}',
+    b"\xff\xfe\x00garbage",
+]
+
+
+def test_hostile_messages_never_break_the_pool():
+    async def go():
+        async with StratumPool(policy=FixedDifficulty(EASY)) as pool:
+            c = MiniClient()
+            await c.connect(pool.port)
+            for line in HOSTILE:
+                await c.raw(line + b"\n")
+            await asyncio.sleep(0.1)
+            assert not c.closed.is_set()
+            # the same connection still mines
+            await c.subscribe()
+            await c.call("mining.authorize", ["w", "x"])
+            await c.push("mining.notify")
+            nonce, _ = c.find(bytes(4))
+            assert (await c.call("mining.submit", c.submit_params("w", bytes(4), nonce)))["result"]
+            await c.close()
+
+    run(go())
+
+
+_hexish = st.one_of(
+    st.text(alphabet="0123456789abcdefxyz", max_size=20), st.integers(), st.none(), st.booleans()
+)
+
+
+@given(params=st.lists(_hexish, max_size=7))
+def test_property_submit_params_only_ever_give_share_errors(params):
+    from types import SimpleNamespace
+
+    from agent.emulator.pool import PoolJob, ShareError
+
+    pool = StratumPool()
+    t = gbt.random_template(nbits=0x1E0FFFF0, extranonce_size=8, ntime=1_700_000_000)
+    pool.jobs["1"] = PoolJob("1", t, True)
+    s = SimpleNamespace(subscribed=True, workers={"w"}, latched={"1": (EASY, bytes(4))})
+    try:
+        pool._check_share(s, params)
+    except ShareError as e:
+        assert 20 <= e.code <= 25
