@@ -284,3 +284,26 @@ def test_fresh_chain_first_block_built_without_gbt(nodes):
     assert miner.call("getblocktemplate", GBT_RULES)["height"] >= 4  # out of IBD now
     cb = miner.call("getblock", miner.call("getblockhash", 1), 2)["tx"][0]
     assert cb["vout"][0]["scriptPubKey"]["hex"] == OP_TRUE_SCRIPT.hex()
+
+
+def test_mweb_activation_block_through_the_pool(nodes):
+    """MWEB handled, not only kept out: generate to 431, peg in (the first MWEB block needs one,
+    §5.5), then the pool's blocks 432.. carry the HogEx and 01 || mweb and litecoind takes them."""
+    peer, miner = nodes
+    miner.call("createwallet", "w")
+    miner.call("generatetoaddress", 431, miner.call("getnewaddress"))
+    miner.call("sendtoaddress", miner.call("getnewaddress", "", "mweb"), 1)  # the peg-in
+
+    async def go() -> StratumPool:
+        pool = StratumPool(source=NodeJobs(miner.rpc, poll_s=0.05), policy=FixedDifficulty(2**-16))
+        async with pool:
+            await asyncio.wait_for(_mine(pool, miner, peer, 434), MINING_TIMEOUT_S)
+        return pool
+
+    pool = asyncio.run(go())
+    assert pool.stats.blocks_accepted >= 3
+    assert miner.call("getblockchaininfo")["softforks"]["mweb"]["active"] is True
+    block = miner.call("getblock", miner.call("getblockhash", 432), 2)
+    assert POOL_TAG.hex() in block["tx"][0]["vin"][0]["coinbase"]
+    assert len(block["tx"]) >= 3  # coinbase, the peg-in, the HogEx
+    assert peer.call("getblockcount") >= 434
