@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -144,11 +145,11 @@ def nodes(tmp_path: Path) -> Iterator[tuple[Node, Node]]:
         shutil.rmtree(tmp_path, ignore_errors=True)
 
 
-async def _mine(pool: StratumPool, miner: Node, peer: Node, target_height: int) -> dict:
+async def _mine(port: int, miner: Node, peer: Node, target_height: int) -> dict:
     """A minimal miner: the scripted client feeds notifies to WorkSource, scans nonces with the
     C core and submits what resolves to a share, until both nodes reach target_height."""
     c = MiniClient()
-    await c.connect(pool.port)
+    await c.connect(port)
     await c.subscribe()
     assert (await c.call("mining.authorize", ["regtest.1", "x"]))["result"] is True
     ws = WorkSource(id_space=1024)
@@ -229,7 +230,7 @@ def test_litecoind_accepts_blocks_found_through_the_pool(nodes):
         pool = StratumPool(source=source, policy=FixedDifficulty(2**-16))
         async with pool:
             result = await asyncio.wait_for(
-                _mine(pool, miner, peer, start + BLOCKS_WANTED), MINING_TIMEOUT_S
+                _mine(pool.port, miner, peer, start + BLOCKS_WANTED), MINING_TIMEOUT_S
             )
         return result, pool
 
@@ -275,7 +276,7 @@ def test_fresh_chain_first_block_built_without_gbt(nodes):
     async def go() -> StratumPool:
         pool = StratumPool(source=NodeJobs(miner.rpc, poll_s=0.05), policy=FixedDifficulty(2**-16))
         async with pool:
-            await asyncio.wait_for(_mine(pool, miner, peer, 3), MINING_TIMEOUT_S)
+            await asyncio.wait_for(_mine(pool.port, miner, peer, 3), MINING_TIMEOUT_S)
         return pool
 
     pool = asyncio.run(go())
@@ -297,7 +298,7 @@ def test_mweb_activation_block_through_the_pool(nodes):
     async def go() -> StratumPool:
         pool = StratumPool(source=NodeJobs(miner.rpc, poll_s=0.05), policy=FixedDifficulty(2**-16))
         async with pool:
-            await asyncio.wait_for(_mine(pool, miner, peer, 434), MINING_TIMEOUT_S)
+            await asyncio.wait_for(_mine(pool.port, miner, peer, 434), MINING_TIMEOUT_S)
         return pool
 
     pool = asyncio.run(go())
@@ -307,3 +308,24 @@ def test_mweb_activation_block_through_the_pool(nodes):
     assert POOL_TAG.hex() in block["tx"][0]["vin"][0]["coinbase"]
     assert len(block["tx"]) >= 3  # coinbase, the peg-in, the HogEx
     assert peer.call("getblockcount") >= 434
+
+
+def test_pool_cli_in_node_mode(nodes):
+    """The demo command: python -m agent.emulator.pool --node-rpc ... mines a fresh chain."""
+    peer, miner = nodes
+    cmd = [
+        sys.executable, "-m", "agent.emulator.pool", "--port", "0",
+        "--node-rpc", f"http://127.0.0.1:{miner.rpc_port}/",
+        "--rpc-user", RPC_USER, "--rpc-password", RPC_PASSWORD,
+        "--poll", "0.05", "--difficulty", str(2**-16),
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        url = proc.stdout.readline().strip()
+        assert url.startswith("stratum+tcp://127.0.0.1:"), url
+        port = int(url.rsplit(":", 1)[1])
+        result = asyncio.run(asyncio.wait_for(_mine(port, miner, peer, 2), MINING_TIMEOUT_S))
+        assert result["miner"] >= 2 and result["peer"] >= 2
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
