@@ -3,7 +3,11 @@
 load(path, env) reads `path`, merges the overlay `<stem>.<environment>.toml` next to it when it
 exists, applies DOGE_AGENT__SECTION__KEY variables (DOGE_AGENT__POOLS__<i>__KEY for a pool), then
 validates everything at once: every error names its key by path, and all of them are reported.
-Secrets (pool passwords) never appear in an error message or a repr."""
+Secrets (pool and [api] passwords, the API token) never appear in an error message or a repr.
+
+A valid Config always builds the modules' options: ThermalOptions.from_config(config.thermal),
+TunerOptions.from_config(config.tuner), GuardianOptions.from_config(config.guardian) and
+WebOptions.from_config(config) never raise on it (every range here is at least as strict)."""
 
 from __future__ import annotations
 
@@ -19,9 +23,23 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from agent import defaults as D
+from agent.hardware.bm1485 import PLL_MAX_MHZ, PLL_MIN_MHZ
+from agent.security.access import AccessConfigError, AccessPolicy
 
-SECRET_KEYS = frozenset({"password", "password_enc"})
+PASSWORD_KEYS = frozenset({"password", "password_enc"})  # one or the other, never both
+SECRET_KEYS = PASSWORD_KEYS | {"token"}
 MASK = "***"
+
+
+def _masked_repr(obj: Any) -> str:
+    """A dataclass repr with every set secret shown as *** (None stays None)."""
+    parts = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.name in SECRET_KEYS and value is not None:
+            value = MASK
+        parts.append(f"{f.name}={value!r}")
+    return f"{type(obj).__name__}({', '.join(parts)})"
 
 
 class ConfigError(Exception):
@@ -93,16 +111,127 @@ class BoardConfig:
 
 @dataclass(frozen=True)
 class ThermalConfig:
+    """[thermal]: names as agent.control.thermal.ThermalOptions reads them."""
+
     mode: str = D.THERMAL_MODE
     target_temp_c: float = D.TARGET_TEMP_C
     hot_temp_c: float = D.HOT_TEMP_C
     dangerous_temp_c: float = D.DANGEROUS_TEMP_C
+    rearm_temp_c: float = D.THERMAL_REARM_TEMP_C
+    cooldown_s: float = D.THERMAL_COOLDOWN_S
+    max_trips: int = D.THERMAL_MAX_TRIPS
+    rearm_freq_pct: float = D.THERMAL_REARM_FREQ_PCT
+    throttle_step_pct: float = D.THERMAL_THROTTLE_STEP_PCT
+    throttle_min_pct: float = D.THERMAL_THROTTLE_MIN_PCT
+    throttle_interval_s: float = D.THERMAL_THROTTLE_INTERVAL_S
+    unthrottle_margin_c: float = D.THERMAL_UNTHROTTLE_MARGIN_C
+    sensor_lost_s: float = D.THERMAL_SENSOR_LOST_S
+    max_jump_c: float = D.THERMAL_MAX_JUMP_C
+    fan_grace_s: float = D.FAN_DEAD_GRACE_S
+    fan_min_pct: float = D.THERMAL_FAN_MIN_PCT
+    fan_max_pct: float = D.THERMAL_FAN_MAX_PCT
+    kp: float = D.THERMAL_PID_KP
+    ki: float = D.THERMAL_PID_KI
+    kd: float = D.THERMAL_PID_KD
+    bias_pct: float = D.THERMAL_PID_BIAS_PCT
+    interval_s: float = D.THERMAL_INTERVAL_S
+
+
+@dataclass(frozen=True)
+class TunerConfig:
+    """[tuner]: names as agent.control.tuner.TunerOptions reads them (ticket_difficulty is the
+    board's, not a tuner key)."""
+
+    enabled: bool = True
+    min_mhz: float = D.TUNER_MIN_MHZ
+    max_mhz: float = D.TUNER_MAX_MHZ
+    step_mhz: float = D.TUNER_STEP_MHZ
+    hw_budget: float = D.TUNER_HW_BUDGET
+    confidence: float = D.TUNER_CONFIDENCE
+    min_samples: int = D.TUNER_MIN_SAMPLES
+    low_rate_fraction: float = D.TUNER_LOW_RATE_FRACTION
+    fail_strikes: int = D.TUNER_FAIL_STRIKES
+    core_fraction: float = D.TUNER_CORE_FRACTION
+    tune_voltage: bool = True
+    voltage_min_v: float = D.TUNER_VOLTAGE_MIN_V
+    voltage_max_v: float = D.TUNER_VOLTAGE_MAX_V
+    voltage_step_v: float = D.TUNER_VOLTAGE_STEP_V
+    power_target_w: float | None = None  # None: no power target
+    retune_delta_c: float = D.TUNER_RETUNE_DELTA_C
+    interval_s: float = D.TUNER_INTERVAL_S
+
+
+@dataclass(frozen=True)
+class GuardianConfig:
+    """[guardian]: names as agent.control.guardian.GuardianOptions reads them."""
+
+    enabled: bool = False
+    pause_below_usd_day: float = D.GUARDIAN_PAUSE_BELOW_USD_DAY
+    resume_above_usd_day: float = D.GUARDIAN_RESUME_ABOVE_USD_DAY
+    min_dwell_s: float = D.GUARDIAN_MIN_DWELL_S
+    price_max_age_s: float = D.GUARDIAN_PRICE_MAX_AGE_S
+    stale_policy: str = D.GUARDIAN_STALE_POLICY
+    electricity_usd_kwh: float = D.GUARDIAN_ELECTRICITY_USD_KWH
+    ltc_reward: float = D.GUARDIAN_LTC_REWARD
+    doge_reward: float = D.GUARDIAN_DOGE_REWARD
+    merged_mining: bool = D.GUARDIAN_MERGED_MINING
+    ltc_difficulty: float = D.GUARDIAN_LTC_DIFFICULTY
+    doge_difficulty: float = D.GUARDIAN_DOGE_DIFFICULTY
+    currency: str = "usd"
+    price_url: str | None = None  # None: prices come from price_file only
+    price_file: str = D.GUARDIAN_PRICE_FILE  # relative to the state dir unless absolute
+    refresh_s: float = D.GUARDIAN_REFRESH_S
+    fetch_timeout_s: float = D.GUARDIAN_FETCH_TIMEOUT_S
+    watts_default: float = D.GUARDIAN_WATTS_DEFAULT
+    interval_s: float = D.GUARDIAN_INTERVAL_S
+
+    def __repr__(self) -> str:  # a price URL may carry credentials or an API key
+        return _masked_repr(self).replace(repr(self.price_url), repr(_redact_url(self.price_url)))
+
+    __str__ = __repr__
 
 
 @dataclass(frozen=True)
 class ApiConfig:
+    """[api]. read_allow / write_allow guard the web surface (status page, JSON API and the stock
+    CGI pages); cgminer_* the cgminer API. Secrets are kept out of repr()."""
+
     http_listen: str = D.HTTP_LISTEN
     cgminer_listen: str = D.CGMINER_LISTEN
+    read_allow: tuple[str, ...] = D.WEB_READ_ALLOW
+    write_allow: tuple[str, ...] = D.WEB_WRITE_ALLOW
+    cgminer_read_allow: tuple[str, ...] = D.CGMINER_READ_ALLOW
+    cgminer_write_allow: tuple[str, ...] = D.CGMINER_WRITE_ALLOW
+    user: str = D.STOCK_CGI_USER
+    password: str | None = field(default=None, repr=False)  # None/"" with no password_enc: no
+    password_enc: str | None = field(default=None, repr=False)  # owner password, writes refused
+    token: str | None = field(default=None, repr=False)  # None: Bearer auth disabled
+    login_max_failures: int = D.WEB_LOGIN_MAX_FAILURES
+    login_lockout_s: float = D.WEB_LOGIN_LOCKOUT_S
+    tls_cert: str | None = None  # both or neither: serve HTTPS from this chain + key
+    tls_key: str | None = None
+
+    # The names agent.api.http.WebOptions.from_config(config) reads.
+    @property
+    def http_read_allow(self) -> tuple[str, ...]:
+        return self.read_allow
+
+    @property
+    def http_write_allow(self) -> tuple[str, ...]:
+        return self.write_allow
+
+    @property
+    def http_tls_cert(self) -> str | None:
+        return self.tls_cert
+
+    @property
+    def http_tls_key(self) -> str | None:
+        return self.tls_key
+
+    def __repr__(self) -> str:
+        return _masked_repr(self)
+
+    __str__ = __repr__
 
 
 @dataclass(frozen=True)
@@ -112,6 +241,8 @@ class Config:
     board: BoardConfig = field(default_factory=BoardConfig)
     thermal: ThermalConfig = field(default_factory=ThermalConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    tuner: TunerConfig = field(default_factory=TunerConfig)
+    guardian: GuardianConfig = field(default_factory=GuardianConfig)
     sources: tuple[str, ...] = ()  # files merged, main file first
 
 
@@ -156,13 +287,19 @@ def int_in(lo: int, hi: int) -> Checker:
     return check
 
 
-def number_in(lo: float, hi: float, *, lo_open: bool = False) -> Checker:
+def number_in(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> Checker:
     def check(v: Any) -> tuple[Any, str | None]:
-        if _is_number(v) and (lo < v if lo_open else lo <= v) and v <= hi:
+        if _is_number(v) and (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi):
             return float(v), None
-        return None, f"must be a number in {'(' if lo_open else '['}{lo:g}, {hi:g}]"
+        return None, (
+            f"must be a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        )
 
     return check
+
+
+def boolean(v: Any) -> tuple[Any, str | None]:
+    return (v, None) if isinstance(v, bool) else (None, "must be true or false")
 
 
 def one_of(choices: tuple[str, ...]) -> Checker:
@@ -229,6 +366,53 @@ def any_string(v: Any) -> tuple[Any, str | None]:
     return (v, None) if isinstance(v, str) else (None, "must be a string")
 
 
+def http_url(v: Any) -> tuple[Any, str | None]:
+    why = "must be an http:// or https:// URL with a host"
+    if not isinstance(v, str) or any(c.isspace() for c in v) or "\x00" in v:
+        return None, why
+    try:
+        parts = urlsplit(v)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        return None, why
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None, why
+    return v, None
+
+
+def currency(v: Any) -> tuple[Any, str | None]:
+    if isinstance(v, str) and re.fullmatch(r"[a-z]{3,5}", v):
+        return v, None
+    return None, 'must be a lower-case currency code such as "usd"'
+
+
+def api_user(v: Any) -> tuple[Any, str | None]:
+    # HTTP Basic splits user:password at the first colon; Digest quotes the user name.
+    ok = isinstance(v, str) and 0 < len(v) <= 64 and v.isprintable() and not set(v) & set(':"\\')
+    return (v, None) if ok else (None, 'must be 1..64 printable characters without : " or \\')
+
+
+def bearer_token(v: Any) -> tuple[Any, str | None]:
+    # RFC 6750 token68 characters; 16 at least so it cannot be guessed.
+    ok = isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9._~+/=-]{16,512}", v) is not None
+    return (v, None) if ok else (None, "must be 16..512 characters of A-Z a-z 0-9 . _ ~ + / = -")
+
+
+def network_list(v: Any) -> tuple[Any, str | None]:
+    """An array of CIDR networks or addresses (empty: nobody). A bad entry is reported as
+    `[i]: why`, which _check_table turns into the path `section.key[i]`."""
+    if not isinstance(v, list):
+        return None, 'must be an array of networks like ["192.168.1.0/24", "::1"]'
+    for i, entry in enumerate(v):
+        if not isinstance(entry, str) or len(entry) > 64:
+            return None, f'[{i}]: must be a network like "192.168.1.0/24", got {_shown(entry)}'
+        try:
+            AccessPolicy([entry], [])
+        except AccessConfigError as e:
+            return None, f"[{i}]: {str(e).split(': ', 1)[-1]}"
+    return tuple(v), None
+
+
 def i2c_bus(v: Any) -> tuple[Any, str | None]:
     if _is_int(v) and 0 <= v <= 255:
         return v, None
@@ -267,16 +451,87 @@ SCHEMA: dict[str, dict[str, Checker]] = {
         "target_temp_c": number_in(D.MIN_TEMP_C, D.MAX_TEMP_C),
         "hot_temp_c": number_in(D.MIN_TEMP_C, D.MAX_TEMP_C),
         "dangerous_temp_c": number_in(D.MIN_TEMP_C, D.MAX_TEMP_C),
+        "rearm_temp_c": number_in(D.MIN_TEMP_C, D.MAX_TEMP_C),
+        "cooldown_s": number_in(0, 86400),
+        "max_trips": int_in(1, 100),
+        "rearm_freq_pct": number_in(0, 100, lo_open=True),
+        "throttle_step_pct": number_in(0, 100, lo_open=True),
+        "throttle_min_pct": number_in(0, 100, lo_open=True),
+        "throttle_interval_s": number_in(0, 3600, lo_open=True),
+        "unthrottle_margin_c": number_in(0, 50),
+        "sensor_lost_s": number_in(0, 3600, lo_open=True),
+        "max_jump_c": number_in(0, 125, lo_open=True),
+        "fan_grace_s": number_in(0, 600, lo_open=True),
+        "fan_min_pct": number_in(0, 100),
+        "fan_max_pct": number_in(0, 100),
+        "kp": number_in(0, 100),
+        "ki": number_in(0, 100),
+        "kd": number_in(0, 100),
+        "bias_pct": number_in(0, 100),
+        "interval_s": number_in(0.05, 60),
     },
     "api": {
         "http_listen": listen_address,
         "cgminer_listen": listen_address,
+        "read_allow": network_list,
+        "write_allow": network_list,
+        "cgminer_read_allow": network_list,
+        "cgminer_write_allow": network_list,
+        "user": api_user,
+        "password": any_string,
+        "password_enc": fernet_token,
+        "token": bearer_token,
+        "login_max_failures": int_in(1, 1000),
+        "login_lockout_s": number_in(1, 86400),
+        "tls_cert": text,
+        "tls_key": text,
+    },
+    "tuner": {
+        "enabled": boolean,
+        "min_mhz": number_in(PLL_MIN_MHZ, PLL_MAX_MHZ),
+        "max_mhz": number_in(PLL_MIN_MHZ, PLL_MAX_MHZ),
+        "step_mhz": number_in(0, 100, lo_open=True),
+        "hw_budget": number_in(0, 1, lo_open=True, hi_open=True),
+        "confidence": number_in(0.5, 1, lo_open=True, hi_open=True),
+        "min_samples": int_in(1, 1_000_000),
+        "low_rate_fraction": number_in(0, 1, lo_open=True),
+        "fail_strikes": int_in(1, 100),
+        "core_fraction": number_in(0, 1, lo_open=True),
+        "tune_voltage": boolean,
+        "voltage_min_v": number_in(9, 11),
+        "voltage_max_v": number_in(9, 11),
+        "voltage_step_v": number_in(0, 1, lo_open=True),
+        "power_target_w": number_in(0, 10_000, lo_open=True),
+        "retune_delta_c": number_in(0, 100, lo_open=True),
+        "interval_s": number_in(1, 86400),
+    },
+    "guardian": {
+        "enabled": boolean,
+        "pause_below_usd_day": number_in(-1e6, 1e6),
+        "resume_above_usd_day": number_in(-1e6, 1e6),
+        "min_dwell_s": number_in(0, 7 * 86400),
+        "price_max_age_s": number_in(0, 30 * 86400),
+        "stale_policy": one_of(D.GUARDIAN_STALE_POLICIES),
+        "electricity_usd_kwh": number_in(0, 10),
+        "ltc_reward": number_in(0, 1000),
+        "doge_reward": number_in(0, 1e7),
+        "merged_mining": boolean,
+        "ltc_difficulty": number_in(0, 1e18, lo_open=True),
+        "doge_difficulty": number_in(0, 1e18, lo_open=True),
+        "currency": currency,
+        "price_url": http_url,
+        "price_file": text,
+        "refresh_s": number_in(1, 7 * 86400),
+        "fetch_timeout_s": number_in(0, 300, lo_open=True),
+        "watts_default": number_in(0, 10_000, lo_open=True),
+        "interval_s": number_in(1, 86400),
     },
 }
 STRING_KEYS = frozenset(
     {
         "environment", "state_dir", "log_level", "url", "user", "password", "password_enc",
-        "kind", "sysfs_root", "host", "mode", "http_listen", "cgminer_listen",
+        "kind", "sysfs_root", "host", "mode", "http_listen", "cgminer_listen", "token",
+        "tls_cert", "tls_key", "stale_policy", "currency", "price_url", "price_file",
     }
 )  # fmt: skip
 REQUIRED_POOL_KEYS = ("url", "user")
@@ -298,7 +553,9 @@ def _check_table(
             errors.append(f"{path}: unknown key (known: {', '.join(schema)})")
             continue
         good, why = checker(value)
-        if why is not None:
+        if why is not None and why.startswith("["):  # an array entry: `path[i]: why`
+            errors.append(f"{path}{why}")
+        elif why is not None:
             got = "<hidden>" if key in SECRET_KEYS else _shown(_redact_url(value))
             errors.append(f"{path}: {why}, got {got}")
         else:
@@ -327,6 +584,8 @@ def validate(data: Mapping[str, Any]) -> tuple[Config | None, list[str]]:
     board = _check_table("board", "board", _table(data, "board", errors), errors)
     thermal = _check_table("thermal", "thermal", _table(data, "thermal", errors), errors)
     api = _check_table("api", "api", _table(data, "api", errors), errors)
+    tuner = _check_table("tuner", "tuner", _table(data, "tuner", errors), errors)
+    guardian = _check_table("guardian", "guardian", _table(data, "guardian", errors), errors)
 
     pools: list[PoolConfig] = []
     raw_pools = data.get("pools", [])
@@ -357,6 +616,9 @@ def validate(data: Mapping[str, Any]) -> tuple[Config | None, list[str]]:
         seen[key] = i
 
     _check_thermal_order(thermal, errors)
+    _check_tuner(tuner, errors)
+    _check_guardian(guardian, errors)
+    _check_api(_table(data, "api", []), api, errors)
     if board.get("kind", D.BOARD_KIND) == "remote" and "host" not in board:
         errors.append('board.host: missing (required when board.kind = "remote")')
     if "ticket_difficulty" not in board and board.get("kind") == "l3plus":
@@ -373,11 +635,35 @@ def validate(data: Mapping[str, Any]) -> tuple[Config | None, list[str]]:
         board=BoardConfig(**board),
         thermal=ThermalConfig(**thermal),
         api=ApiConfig(**api),
+        tuner=TunerConfig(**tuner),
+        guardian=GuardianConfig(**guardian),
     )
     return config, []
 
 
+def _order(
+    table: Mapping[str, Any], section: str, low: str, high: str, defaults: Mapping[str, Any],
+    errors: list[str], *, strict: bool = True, word: str = "above",
+) -> None:  # fmt: skip
+    """`section.high: must be above low` unless low < high (<= when not strict). The key named is
+    the one the file set (high when both or neither were set)."""
+    lo, hi = table.get(low, defaults[low]), table.get(high, defaults[high])
+    if lo is None or hi is None or (lo < hi if strict else lo <= hi):
+        return
+    if low in table and high not in table:
+        other = "below" if strict else "at most"
+        errors.append(f"{section}.{low}: must be {other} {high} ({hi:g}), got {lo:g}")
+    else:
+        errors.append(f"{section}.{high}: must be {word} {low} ({lo:g}), got {hi:g}")
+
+
+THERMAL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ThermalConfig)}
+TUNER_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TunerConfig)}
+GUARDIAN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(GuardianConfig)}
+
+
 def _check_thermal_order(thermal: Mapping[str, Any], errors: list[str]) -> None:
+    # What ThermalOptions requires: rearm < target <= hot < dangerous (target < hot here).
     target = thermal.get("target_temp_c", D.TARGET_TEMP_C)
     hot = thermal.get("hot_temp_c", D.HOT_TEMP_C)
     dangerous = thermal.get("dangerous_temp_c", D.DANGEROUS_TEMP_C)
@@ -387,6 +673,39 @@ def _check_thermal_order(thermal: Mapping[str, Any], errors: list[str]) -> None:
         errors.append(
             f"thermal.dangerous_temp_c: must be above hot_temp_c ({hot:g}), got {dangerous:g}"
         )
+    rearm = thermal.get("rearm_temp_c", D.THERMAL_REARM_TEMP_C)
+    if not rearm < target:
+        # below target implies below dangerous: a tripped chain must cool well down first
+        errors.append(
+            f"thermal.rearm_temp_c: must be below target_temp_c ({target:g}) and so below "
+            f"dangerous_temp_c ({dangerous:g}), got {rearm:g}"
+        )
+    d = THERMAL_DEFAULTS
+    _order(thermal, "thermal", "fan_min_pct", "fan_max_pct", d, errors, strict=False,
+           word="at least")  # fmt: skip
+    _order(thermal, "thermal", "throttle_min_pct", "rearm_freq_pct", d, errors, strict=False,
+           word="at least")  # fmt: skip
+
+
+def _check_tuner(tuner: Mapping[str, Any], errors: list[str]) -> None:
+    d = TUNER_DEFAULTS
+    _order(tuner, "tuner", "min_mhz", "max_mhz", d, errors)
+    _order(tuner, "tuner", "voltage_min_v", "voltage_max_v", d, errors, strict=False,
+           word="at least")  # fmt: skip
+
+
+def _check_guardian(guardian: Mapping[str, Any], errors: list[str]) -> None:
+    # GuardianOptions needs resume strictly above pause: equal thresholds give no hysteresis.
+    _order(guardian, "guardian", "pause_below_usd_day", "resume_above_usd_day", GUARDIAN_DEFAULTS,
+           errors)  # fmt: skip
+
+
+def _check_api(raw: Mapping[str, Any], api: Mapping[str, Any], errors: list[str]) -> None:
+    if "password" in raw and "password_enc" in raw:
+        errors.append("api.password: set password or password_enc, not both")
+    if ("tls_cert" in raw) != ("tls_key" in raw):
+        missing = "tls_key" if "tls_cert" in raw else "tls_cert"
+        errors.append(f"api.{missing}: missing (set tls_cert and tls_key together, or neither)")
 
 
 # ---------------------------------------------------------------------------- files and env
@@ -459,8 +778,8 @@ def env_overrides(
                 pools.append({})
             if isinstance(pools[index], dict):
                 pools[index][key] = _env_value(value, key)
-                if key in SECRET_KEYS:  # a secret from the environment replaces the file's
-                    pools[index].pop(next(iter(SECRET_KEYS - {key})), None)
+                if key in PASSWORD_KEYS:  # a secret from the environment replaces the file's
+                    pools[index].pop(next(iter(PASSWORD_KEYS - {key})), None)
             out["pools"] = pools
             continue
         if len(parts) != 2 or not all(parts):
@@ -473,6 +792,8 @@ def env_overrides(
         table = out.get(section)
         table = dict(table) if isinstance(table, dict) else {}
         table[key] = _env_value(value, key)
+        if key in PASSWORD_KEYS:  # [api] password from the environment replaces the file's
+            table.pop(next(iter(PASSWORD_KEYS - {key})), None)
         out[section] = table
     return out
 
