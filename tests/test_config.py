@@ -709,27 +709,30 @@ def test_encrypted_pool_and_api_passwords_validate_and_resolve(tmp_path: Path) -
     assert api_enc not in repr(conf) and pool_enc not in repr(conf)
 
 
-_NEW_SECTIONS = {"thermal": C.ThermalConfig, "tuner": C.TunerConfig, "guardian": C.GuardianConfig}
-_numbers = st.sampled_from([-1, 0, 0.01, 0.5, 0.96, 1, 9, 9.5, 10, 11, 20, 45, 50, 60, 75, 85,
-                            100, 650, 800, 1e6, True, False])  # fmt: skip
+_NUMBERS = st.sampled_from([-1, 0, 0.01, 0.5, 0.96, 1, 9, 9.5, 10, 11, 12.5, 20, 45, 50, 59.9, 60,
+                            75, 85, 100, 125, 650, 800, 1e6, True, False])  # fmt: skip
+_OPTION_CLASSES = {
+    "thermal": ("ThermalConfig", "agent.control.thermal", "ThermalOptions"),
+    "tuner": ("TunerConfig", "agent.control.tuner", "TunerOptions"),
+    "guardian": ("GuardianConfig", "agent.control.guardian", "GuardianOptions"),
+}
 
 
-@given(st.fixed_dictionaries({
-    name: st.dictionaries(st.sampled_from([f.name for f in dataclasses.fields(cls)
-                                           if f.name not in ("mode", "stale_policy", "currency",
-                                                             "price_url", "price_file")]),
-                          _numbers, max_size=8)
-    for name, cls in _NEW_SECTIONS.items()
-}))  # fmt: skip
-def test_property_a_valid_config_always_builds_the_modules_options(data: dict) -> None:
-    from agent.control.guardian import GuardianOptions
-    from agent.control.thermal import ThermalOptions
-    from agent.control.tuner import TunerOptions
+@pytest.mark.parametrize("section", list(_OPTION_CLASSES))
+@given(data=st.data())
+def test_property_a_valid_config_always_builds_the_modules_options(
+    section: str, data: st.DataObject
+) -> None:
+    import importlib
 
-    config, errors = C.validate(data)
+    config_name, module, options_name = _OPTION_CLASSES[section]
+    names = [f.name for f in dataclasses.fields(getattr(C, config_name))]
+    names = [n for n in names if n not in ("mode", "stale_policy", "currency", "price_url",
+                                           "price_file")]  # fmt: skip
+    table = data.draw(st.dictionaries(st.sampled_from(names), _NUMBERS, max_size=6))
+    config, errors = C.validate({section: table})
     if config is None:
-        assert errors
+        assert errors and all(e.startswith(section + ".") for e in errors)
         return
-    ThermalOptions.from_config(config.thermal)  # none of these may raise
-    TunerOptions.from_config(config.tuner)
-    GuardianOptions.from_config(config.guardian)
+    options = getattr(importlib.import_module(module), options_name)
+    options.from_config(getattr(config, section))  # never raises on a valid config
