@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from webclient import Answer, request
 
@@ -243,6 +246,9 @@ def test_metrics_parse_and_match_the_snapshot() -> None:
         assert m[("doge_agent_uptime_seconds", ())] == pytest.approx(s["uptime_s"])
         assert m[("doge_agent_guardian_state", (("state", "mine"),))] == 1.0
         assert ("doge_agent_http_requests_total", ()) in m
+        await request(w.port, "GET", "/nowhere")
+        m = _metrics((await request(w.port, "GET", "/metrics")).body.decode())
+        assert m[("doge_agent_http_errors_total", (("status", "404"),))] == 1
 
     serve(body)
 
@@ -398,6 +404,42 @@ def test_no_password_configured_means_no_basic_login() -> None:
             await w.stop()
 
     asyncio.run(main())
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=12,
+)
+ACTIONS = ["pause", "resume", "restart", "locate", "pools", "add_pool", "switch_pool",
+           "enable_pool", "disable_pool", "remove_pool", "nope"]  # fmt: skip
+CONTROL_KEYS = ["index", "on", "seconds", "url", "user", "password", "priority", "reason"]
+
+
+@settings(max_examples=40)
+@given(
+    st.sampled_from(ACTIONS),
+    st.one_of(
+        st.dictionaries(
+            st.sampled_from(CONTROL_KEYS),
+            json_values,
+            max_size=5,
+        ),
+        json_values,
+    ),
+)
+def test_control_bodies_never_cause_a_server_error(action: str, args: Any) -> None:
+    async def body(w: WebSurface, _: FakeControls) -> None:
+        raw = json.dumps(args).encode()
+        headers = {"Content-Type": "application/json"}
+        path = f"/api/control/{action}"
+        a = await request(w.port, "POST", path, token=TOKEN, body=raw, headers=headers)
+        assert a.status in (200, 400, 404, 409), (a.status, a.body)
+        assert_no_secret(a)
+
+    w = serve(body)
+    assert w.server.stats["handler_errors"] == 0
 
 
 def test_options_from_config() -> None:

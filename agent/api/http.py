@@ -114,9 +114,15 @@ class WebOptions:
 class SnapshotCollector(Collector):
     """Prometheus metrics read from one State snapshot per scrape."""
 
-    def __init__(self, state: State, extra: Callable[[], dict[str, int]] | None = None) -> None:
+    def __init__(
+        self,
+        state: State,
+        extra: Callable[[], dict[str, int]] | None = None,
+        errors: Callable[[], dict[int, int]] | None = None,
+    ) -> None:
         self.state = state
         self.extra = extra
+        self.errors = errors
 
     def collect(self) -> Iterator[Metric]:
         s = self.state.snapshot()
@@ -198,6 +204,13 @@ class SnapshotCollector(Collector):
                 c = CounterMetricFamily(p + "http_" + k, f"HTTP surface: {k}")
                 c.add_metric([], v)
                 yield c
+        if self.errors is not None:
+            e = CounterMetricFamily(
+                p + "http_errors", "HTTP error answers by status", labels=["status"]
+            )
+            for status, n in sorted(self.errors().items()):
+                e.add_metric([str(status)], n)
+            yield e
 
 
 # ---------------------------------------------------------------------------- /api/health
@@ -222,6 +235,9 @@ def health(snapshot: dict[str, Any], hot_c: float = D.WEB_HEALTH_HOT_C) -> dict[
     for i, f in enumerate(snapshot.get("fans", [])):
         if f.get("duty_pct") and not f.get("rpm"):
             reasons.append(f"fan {i} not turning")
+    uptime = snapshot.get("uptime_s") or 0.0
+    if mining and uptime > 2 * D.HASHRATE_WINDOW_S and not snapshot.get("hashrate_hs"):
+        reasons.append("no hashrate")
     thermal = snapshot.get("thermal", {})
     if thermal.get("state") in ("throttle", "off", "tripped", "dangerous", "emergency"):
         reasons.append(f"thermal {thermal['state']}: {thermal.get('reason', '')}")
@@ -318,7 +334,11 @@ class WebSurface:
         )
         self.counters = {"auth_failures": 0, "forbidden": 0, "locked_out": 0, "controls": 0}
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(SnapshotCollector(state, self._http_counters))
+        self.registry.register(
+            SnapshotCollector(
+                state, self._http_counters, lambda: dict(self.server.errors_by_status)
+            )
+        )
         self._page = render_status_page(opts.refresh_s).encode("utf-8")
         self._secrets = [x for x in (opts.password, opts.token) if x]
         read = self._readable
