@@ -413,10 +413,12 @@ class HTTPServer:
                 await self._send(writer, Response.error(408), close=True, head=False)
                 return
             except _Reject as r:
-                if self.rate_limit is not None:
-                    self.rate_limit(peer)  # a bad request spends a token like a good one
+                # A bad request spends a token like a good one; past its limit a client's bad
+                # requests are only counted, so a flood can not flood the log too.
+                within = self.rate_limit(peer) if self.rate_limit is not None else True
                 self._count_error(r.status)
-                log.info("%s: %s from %s: %s", self.name, r.status, peer, r.message)
+                if within:
+                    log.info("%s: %s from %s: %s", self.name, r.status, peer, r.message)
                 await self._send(
                     writer, Response.error(r.status, r.message), close=True, head=False
                 )
