@@ -274,3 +274,14 @@ POOL_DIFFICULTY = 1 / 1024  # a few shares a second from one CPU thread
 POOL_JOB_INTERVAL_S = 30.0  # random mode: a non-clean notify this often
 POOL_VARDIFF_TARGET_INTERVAL_S = 5.0  # vardiff aims at one share per connection this often
 POOL_NODE_POLL_S = 0.5  # node mode: how often the tip is polled (getbestblockhash)
+
+# ---------------------------------------------------------------------------- emulated board
+EMULATOR_AMBIENT_C = 25.0
+# how often the emulated board moves its thermal model and syncs power and clocks
+EMULATOR_TICK_S = 0.1
+# where a running agent keeps the emulated board's sysfs folder (under state_dir)
+EMULATOR_DIR = "emulated-board"
+# recent chain events kept for the status page
+RECENT_EVENTS = 50
+# how often chain and fan readings are copied into the snapshot (and the watchdog at most)
+PUBLISH_INTERVAL_S = 1.0

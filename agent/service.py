@@ -15,12 +15,17 @@ import asyncio
 import contextlib
 import io
 import logging
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 from agent import __version__, scrypt, selftest
 from agent import defaults as D
 from agent.config import Config
+from agent.control.thermal import ThermalDecision, ThermalLoop, ThermalOptions
+from agent.hardware.board import Board, BoardError
+from agent.hardware.chain import Chain, ChainError, ChainEvent
 from agent.hardware.cpu import CpuBoard, Nonce, Work
 from agent.mining.shares import SharePath
 from agent.mining.work import WorkSource
@@ -64,6 +69,12 @@ class MiningService:
         self.pools: PoolManager | None = None
         self.ready = asyncio.Event()
         self._unit_watch: list[asyncio.Task[None]] = []
+        self.board: Board | None = None  # the peripherals of a chip board (l3plus, emulated)
+        self.emulator: Any = None  # agent.emulator.board.EmulatedL3Plus for kind = "emulated"
+        self.thermal: ThermalLoop | None = None
+        self._thermal_task: asyncio.Task[None] | None = None
+        self._thermal_off: set[int] = set()  # chains the thermal loop has powered down
+        self.events: list[ChainEvent] = []  # recent chain events, newest last
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -90,7 +101,7 @@ class MiningService:
 
         self.notifier.status("starting the hashing side")
         ticket = conf.board.ticket_difficulty
-        self.units = self._make_units()
+        self.units = await self._make_units()
         many = len(self.units) > 1
         self.work = WorkSource(
             id_space=D.CHIP_WORK_IDS if many else D.CPU_WORK_IDS, works_per_job=len(self.units)
@@ -106,8 +117,13 @@ class MiningService:
             log.warning("no [[pools]] configured: nothing will be mined until one is")
         self.shares = SharePath(self.work, self.state, ticket, submit)
         for unit in self.units:
-            await unit.start()
+            try:
+                await unit.start()
+            except ChainError as exc:
+                raise StartupError(str(exc)) from None
         self._unit_watch = [asyncio.create_task(u.wait()) for u in self.units]
+        if self.board is not None:
+            self._start_thermal()
         if self.pools is not None:
             self.notifier.status("connecting to pools")
             await self.pools.start()
@@ -117,9 +133,18 @@ class MiningService:
 
     async def shutdown(self) -> None:
         self.notifier.stopping("stopping")
+        if self._thermal_task is not None:
+            self._thermal_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._thermal_task
         for unit in self.units:
             with contextlib.suppress(Exception):
                 await unit.stop()
+        if self.board is not None:
+            await self.board.power_off_all("agent stopping")
+            await self.board.close()
+        if self.emulator is not None:
+            await self.emulator.stop()
         for task in self._unit_watch:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -138,7 +163,7 @@ class MiningService:
         stopper = asyncio.create_task(stop.wait())
         watch = {stopper, *self._unit_watch}
         ping_s = self.notifier.watchdog_interval_s()
-        tick_s = min(ping_s or D.STATUS_LOG_INTERVAL_S, D.STATUS_LOG_INTERVAL_S)
+        tick_s = min(ping_s or D.PUBLISH_INTERVAL_S, D.PUBLISH_INTERVAL_S)
         last_log = asyncio.get_running_loop().time()
         try:
             while True:
@@ -151,6 +176,7 @@ class MiningService:
                     return True
                 if ping_s:
                     self.notifier.watchdog()
+                self._publish()
                 now = asyncio.get_running_loop().time()
                 if now - last_log >= D.STATUS_LOG_INTERVAL_S:
                     last_log = now
@@ -160,7 +186,7 @@ class MiningService:
 
     # ------------------------------------------------------------------------------ the path
 
-    def _make_units(self) -> list[HashingUnit]:
+    async def _make_units(self) -> list[HashingUnit]:
         board = self.conf.board
         if board.kind == "cpu":
             return [
@@ -172,18 +198,100 @@ class MiningService:
                     on_hashes=lambda _chip, n: self.state.add_hashes(0, n),
                 )
             ]
-        raise StartupError(f'board.kind = "{board.kind}" has no driver in this build yet')
+        if board.kind == "emulated":
+            from agent.emulator.board import EmulatedL3Plus
+
+            root = Path(self.conf.agent.state_dir) / D.EMULATOR_DIR
+            self.emulator = EmulatedL3Plus(
+                root, chains=board.chains, chips=board.chips_per_chain,
+                ticket_difficulty=board.ticket_difficulty,
+            )  # fmt: skip
+            await self.emulator.start()
+            profile = self.emulator.profile
+            peripherals = self.emulator.peripherals
+        elif board.kind == "l3plus":
+            from agent.hardware import profile as PR
+
+            try:
+                profile = PR.load("l3plus", board)
+            except PR.ProfileError as exc:
+                raise StartupError("; ".join(exc.errors)) from None
+            peripherals = None
+        else:
+            raise StartupError(f'board.kind = "{board.kind}" has no driver in this build yet')
+        try:
+            self.board = Board.open(profile, emulator=peripherals)
+        except BoardError as exc:
+            raise StartupError(str(exc)) from None
+        self.board.start()
+        present = self.board.present()
+        for i in range(profile.chains):
+            if present[i]:
+                await self.board.power_on(i)
+        chains = self.board.build_chains(self._make_chain)
+        units: list[HashingUnit] = [c for c in chains if c is not None]
+        if not units:
+            raise StartupError("no hash board is present")
+        return units
+
+    def _make_chain(self, index: int, uart: str, board: Board) -> Chain:
+        conf = self.conf.board
+        profile = board.profile
+        return Chain(
+            uart, index, ticket_difficulty=conf.ticket_difficulty,
+            expected_chips=profile.chips_per_chain,
+            sensor_chips=tuple(profile.sensor_chip_addresses), on_nonce=self._on_nonce,
+            on_exhausted=lambda _old, i=index: self._more_work(board.chains[i]),
+            on_event=self._on_chain_event, reset=lambda i=index: board.reset_chain(i),
+            baudrate=profile.uart_baud,
+        )  # fmt: skip
+
+    def _on_chain_event(self, event: ChainEvent) -> None:
+        self.events.append(event)
+        del self.events[: -D.RECENT_EVENTS]
+        if event.kind not in ("hw_error", "stale", "crc_error"):  # the chain logs those itself
+            chip = "" if event.chip is None else f" (chip {event.chip})"
+            log.info("chain %d: %s%s: %s", event.chain, event.kind, chip, event.detail)
+
+    def _start_thermal(self) -> None:
+        board = self.board
+        assert board is not None
+        chains = {i: c for i, c in enumerate(board.chains) if c is not None}
+        self.thermal = ThermalLoop(
+            read_temps=lambda: {i: [c.temp_c] for i, c in chains.items()},
+            read_fans=lambda: board.sample_fans(time.monotonic()),
+            apply=self._apply_thermal,
+            options=ThermalOptions.from_config(self.conf.thermal),
+        )
+        self._thermal_task = asyncio.create_task(self.thermal.run(), name="thermal")
+
+    async def _apply_thermal(self, d: ThermalDecision) -> None:
+        board = self.board
+        assert board is not None
+        if d.fan_duty_pct is not None:
+            board.fans.set_duty(d.fan_duty_pct)
+        for action in d.chains:
+            i = action.chain
+            if action.action == "power_off" and i not in self._thermal_off:
+                self._thermal_off.add(i)
+                await board.power_off(i, action.reason)
+            elif action.action != "power_off" and i in self._thermal_off:
+                self._thermal_off.discard(i)
+                log.info("chain %d: power on again: %s", i, action.reason)
+                await board.power_on(i)  # the chain driver re-boots the silent chain itself
 
     def _exhausted(self, index: int) -> Callable[[Work], None]:
-        def more(_old: Work) -> None:
-            assert self.work is not None
-            fresh = self.work.next_work()
-            if fresh is not None:
-                self.units[index].set_work(fresh)
-            else:
-                log.warning("unit %d has no more work for the current job", index)
+        return lambda _old: self._more_work(self.units[index])
 
-        return more
+    def _more_work(self, unit: HashingUnit | None) -> None:
+        assert self.work is not None
+        fresh = self.work.next_work()
+        if unit is None:
+            return
+        if fresh is not None:
+            unit.set_work(fresh)
+        else:
+            log.warning("no more work for the current job; waiting for the pool's next one")
 
     def _on_job(self, job: PoolJob) -> None:
         assert self.work is not None and self.shares is not None
@@ -200,6 +308,18 @@ class MiningService:
         self.shares.on_nonce(found)
 
     # ------------------------------------------------------------------------------ reporting
+
+    def _publish(self) -> None:
+        """Chain and fan readings into the snapshot the surfaces read."""
+        if self.board is None:
+            return
+        for chain in self.board.chains:
+            if chain is not None:
+                self.state.set_chain(
+                    chain.chain, chips=chain.chip_count, frequency_mhz=chain.frequency_mhz,
+                    temp_c=chain.temp_c,
+                )
+        self.state.set_fans(self.board.fan_status())
 
     def _describe(self) -> str:
         board = self.conf.board

@@ -153,3 +153,44 @@ def test_a_board_kind_without_a_driver_is_refused(tmp_path: Path) -> None:
         return await MiningService(conf, notifier=Notifier({})).run(asyncio.Event())
 
     assert asyncio.run(main()) == 1
+
+
+def test_emulated_board_mines_through_the_chip_protocol(tmp_path: Path) -> None:
+    """kind = "emulated": the real chain driver over pseudo-terminals to the emulated BM1485
+    chips, the real board drivers against the emulated PICs, fans and sensors; shares accepted
+    by the local pool, every nonce accounted for, chains powered down at shutdown."""
+
+    async def main() -> None:
+        pool = StratumPool(policy=FixedDifficulty(1 / 256))
+        await pool.start()
+        conf = loads(
+            f'[agent]\nstate_dir = "{tmp_path}"\n'
+            f'[[pools]]\nurl = "stratum+tcp://127.0.0.1:{pool.port}"\nuser = "w.1"\n'
+            '[board]\nkind = "emulated"\nchains = 4\nchips_per_chain = 72\n'
+        )
+        service = MiningService(conf, notifier=Notifier({}))
+        stop = asyncio.Event()
+        runner = asyncio.create_task(service.run(stop))
+        await asyncio.wait_for(service.ready.wait(), WAIT_S)
+        assert service.shares is not None and service.emulator is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT_S
+        while loop.time() < deadline and (
+            service.shares.counts["accepted"] < 5
+            or any(c["chips"] != 72 for c in service.state.snapshot()["chains"])
+        ):
+            await asyncio.sleep(0.1)  # polling counters against a deadline
+        snap = service.state.snapshot()
+        stop.set()
+        assert await asyncio.wait_for(runner, WAIT_S) == 0
+        s = snap["shares"]
+        assert s["accepted"] >= 5 and s["hw_errors"] == 0 and s["rejected"] == 0
+        assert snap["nonces"] == sum(s.values())
+        assert [c["chips"] for c in snap["chains"]] == [72] * 4
+        assert {c["frequency_mhz"] for c in snap["chains"]} == {384.375}
+        assert len(snap["fans"]) == 2
+        # shutdown powered every chain down through its PIC
+        assert not any(p.dc_dc_on for p in service.emulator.peripherals.pics)
+        await pool.stop()
+
+    asyncio.run(main())

@@ -253,6 +253,11 @@ class EmulatedChain:
 
     # ------------------------------------------------------------------ introspection
 
+    def live_chips(self) -> int:
+        """Chips that have not vanished: what draws power and makes heat."""
+        with self._lock:
+            return sum(not c.vanished for c in self._chips)
+
     def chip_address(self, position: int) -> int | None:
         c = self._chips[position]
         return c.address if c.addressed else None

@@ -1,0 +1,98 @@
+"""A whole emulated L3+ class board: the BM1485 chains on pseudo-terminals (hashboard.py) and the
+peripherals (peripherals.py: PICs and sensors on an SMBus-shaped bus, fans, GPIOs and LEDs in a
+sysfs folder, the thermal model), tied together as the real board ties them:
+
+* a chain whose DC-DC is off (the PIC) or whose board is unplugged goes silent;
+* each chain's PLL frequency and chip count heat the thermal model;
+* the sensors behind the chips read the model's board and die temperatures.
+
+The driver side opens `paths` with pyserial and `peripherals.bus` / the sysfs folder through the
+same code that runs on the board."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from agent import defaults as D
+from agent.emulator.hashboard import EmulatedBoard
+from agent.emulator.peripherals import EmulatedPeripherals
+from agent.hardware import profile as PR
+
+
+class EmulatedL3Plus:
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        chains: int = D.CHAINS,
+        chips: int = D.CHIPS_PER_CHAIN,
+        ticket_difficulty: float = D.TICKET_DIFFICULTY,
+        ambient_c: float = D.EMULATOR_AMBIENT_C,
+        rate_scale: float = 1.0,
+    ) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.chips = EmulatedBoard(
+            chains, chips, ticket_difficulty=ticket_difficulty, temps=self._temps,
+            rate_scale=rate_scale,
+        )  # fmt: skip
+        self.profile = PR.load(
+            "emulated",
+            overrides={
+                "sysfs_root": str(self.root), "uarts": tuple(self.chips.paths),
+                "chains": chains, "chips_per_chain": chips,
+            },
+        )  # fmt: skip
+        self.peripherals = EmulatedPeripherals(self.profile, self.root, ambient_c=ambient_c)
+        self._silenced: set[int] = set()  # chains we silenced for lack of power
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def paths(self) -> list[str]:
+        return self.chips.paths
+
+    def _temps(self, chain: int, _position: int) -> tuple[float, float]:
+        thermal = self.peripherals.thermal
+        return thermal.board_temp_c(chain), thermal.chip_temp_c(chain)
+
+    def sync(self) -> None:
+        """Power and clocks from one side to the other; called every tick."""
+        for i, chain in enumerate(self.chips.chains):
+            powered = self.peripherals.chain_powered(i)
+            if not powered and i not in self._silenced:
+                chain.go_silent()
+                self._silenced.add(i)
+            elif powered and i in self._silenced:
+                self._silenced.discard(i)
+                chain.wake()
+            live = chain.live_chips() if powered else 0
+            self.peripherals.set_chain_clock(i, chain.frequency_mhz(), live)
+
+    async def start(self, tick_s: float = D.EMULATOR_TICK_S) -> None:
+        self.chips.start()
+        self.sync()
+        self._task = asyncio.create_task(self._run(tick_s), name="emulated-board")
+
+    async def _run(self, tick_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while True:
+            await asyncio.sleep(tick_s)
+            now = loop.time()
+            self.peripherals.advance(now - last)
+            last = now
+            self.sync()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self.chips.stop()
+
+    def describe(self) -> dict[str, Any]:
+        return {"chains": len(self.chips.chains), "paths": self.paths, "root": str(self.root)}
