@@ -285,3 +285,5 @@ EMULATOR_DIR = "emulated-board"
 RECENT_EVENTS = 50
 # how often chain and fan readings are copied into the snapshot (and the watchdog at most)
 PUBLISH_INTERVAL_S = 1.0
+# at shutdown, how long a listening surface may take to close its connections
+SURFACE_STOP_S = 5.0

@@ -27,12 +27,15 @@ from agent.control.thermal import ThermalDecision, ThermalLoop, ThermalOptions
 from agent.hardware.board import Board, BoardError
 from agent.hardware.chain import Chain, ChainError, ChainEvent
 from agent.hardware.cpu import CpuBoard, Nonce, Work
+from agent.hardware.leds import status_patterns
 from agent.mining.shares import SharePath
 from agent.mining.work import WorkSource
 from agent.sdnotify import Notifier
+from agent.security import secrets
 from agent.state import State
 from agent.stratum.client import Job as PoolJob
 from agent.stratum.pools import PoolManager, PoolOptions, PoolSpec
+from agent.surfaces import PoolEntry, ServiceControls, Surfaces
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,7 @@ class MiningService:
         state: State | None = None,
         notifier: Notifier | None = None,
         pool_options: PoolOptions | None = None,
+        serve_surfaces: bool = True,
     ) -> None:
         self.conf = conf
         self.state = state or State()
@@ -75,20 +79,85 @@ class MiningService:
         self._thermal_task: asyncio.Task[None] | None = None
         self._thermal_off: set[int] = set()  # chains the thermal loop has powered down
         self.events: list[ChainEvent] = []  # recent chain events, newest last
+        self.serve_surfaces = serve_surfaces
+        self.controls = ServiceControls(self)
+        self.surfaces: Surfaces | None = None
+        self.secret_filter = secrets.SecretFilter()
+        self.owner_password = ""
+        self.pool_entries: list[PoolEntry] = []
+        self.paused = False
+        self._restart = asyncio.Event()
 
     # ------------------------------------------------------------------------------ lifecycle
 
     async def run(self, stop: asyncio.Event) -> int:
-        """Runs until `stop` is set or a hashing unit dies; returns the process exit code."""
+        """Runs until `stop` is set or a hashing unit dies; returns the process exit code.
+        A restart asked through the controls stops and starts the mining side in place; the
+        surfaces keep serving."""
         try:
-            await self.start()
+            self._load_secrets()
+            if self.serve_surfaces:
+                await self._start_surfaces()
         except StartupError as exc:
             log.error("cannot start: %s", exc)
+            await self._stop_surfaces()
+            return 2
+        code = 0
+        while True:
+            try:
+                await self.start()
+            except StartupError as exc:
+                log.error("cannot start: %s", exc)
+                await self.shutdown()
+                code = 1
+                break
+            outcome = await self._wait(stop)
             await self.shutdown()
-            return 1
-        failed = await self._wait(stop)
-        await self.shutdown()
-        return 1 if failed else 0
+            if outcome != "restart":
+                code = 1 if outcome == "failed" else 0
+                break
+            log.info("restarting the mining service")
+        await self._stop_surfaces()
+        log.info("stopped cleanly" if code == 0 else "stopped")
+        return code
+
+    def _load_secrets(self) -> None:
+        """The board's key (created at first start), pool and owner passwords decrypted, and a
+        log filter that masks every one of them."""
+        conf = self.conf
+        needs_key = any(p.password_enc for p in conf.pools) or conf.api.password_enc
+        try:
+            key = secrets.ensure_key(conf.agent.state_dir) if needs_key else None
+            passwords = secrets.resolve_pool_passwords(conf, key) if key else [
+                p.password if p.password is not None else D.POOL_PASSWORD for p in conf.pools
+            ]
+            owner = conf.api.password or ""
+            if conf.api.password_enc and key is not None:
+                owner = secrets.decrypt(conf.api.password_enc, key, "api.password_enc")
+        except secrets.SecretsError as exc:
+            raise StartupError(str(exc)) from None
+        self.owner_password = owner
+        for secret in (*passwords, owner, conf.api.token or ""):
+            if secret:
+                self.secret_filter.add(secret)
+        secrets.install_secret_filter(self.secret_filter)
+        self.pool_entries = [
+            PoolEntry(p.url, p.user, pw, p.priority)
+            for p, pw in zip(conf.pools, passwords, strict=True)
+        ]
+
+    async def _start_surfaces(self) -> None:
+        token = self.conf.api.token or ""
+        self.surfaces = Surfaces(self, self.controls, self.owner_password, token)
+        try:
+            await self.surfaces.start()
+        except OSError as exc:
+            raise StartupError(f"cannot listen: {exc}") from None
+
+    async def _stop_surfaces(self) -> None:
+        if self.surfaces is not None:
+            await self.surfaces.stop()
+            self.surfaces = None
 
     async def start(self) -> None:
         conf = self.conf
@@ -100,80 +169,146 @@ class MiningService:
         log.info("self-test passed on %s", ", ".join(scrypt.backends()))
 
         self.notifier.status("starting the hashing side")
-        ticket = conf.board.ticket_difficulty
         self.units = await self._make_units()
         many = len(self.units) > 1
         self.work = WorkSource(
             id_space=D.CHIP_WORK_IDS if many else D.CPU_WORK_IDS, works_per_job=len(self.units)
         )
-        submit = None
-        if conf.pools:
-            specs = [PoolSpec.from_config(p) for p in conf.pools]
-            self.pools = PoolManager(
-                specs, self.pool_options, on_job=self._on_job, state=self.state
-            )
-            submit = self.pools.submit
-        else:
-            log.warning("no [[pools]] configured: nothing will be mined until one is")
-        self.shares = SharePath(self.work, self.state, ticket, submit)
+        self.shares = SharePath(
+            self.work, self.state, conf.board.ticket_difficulty, self._submit
+        )
+        if not self.paused:
+            await self._start_units()
+        if self.board is not None:
+            self._start_thermal()
+        await self.rebuild_pools()
+        self._publish()  # the chains are in the snapshot before the first tick
+        self.ready.set()
+        self.notifier.ready(f"mining on {self._describe()}")
+        log.info("mining on %s", self._describe())
+
+    async def _start_units(self) -> None:
         for unit in self.units:
             try:
                 await unit.start()
             except ChainError as exc:
                 raise StartupError(str(exc)) from None
         self._unit_watch = [asyncio.create_task(u.wait()) for u in self.units]
-        if self.board is not None:
-            self._start_thermal()
-        if self.pools is not None:
-            self.notifier.status("connecting to pools")
-            await self.pools.start()
-        self.ready.set()
-        self.notifier.ready(f"mining on {self._describe()}")
-        log.info("mining on %s", self._describe())
+
+    async def _stop_units(self) -> None:
+        watches, self._unit_watch = self._unit_watch, []
+        for task in watches:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for unit in self.units:
+            with contextlib.suppress(Exception):
+                await unit.stop()
 
     async def shutdown(self) -> None:
+        self.ready.clear()
         self.notifier.stopping("stopping")
         if self._thermal_task is not None:
             self._thermal_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._thermal_task
-        for unit in self.units:
-            with contextlib.suppress(Exception):
-                await unit.stop()
+            self._thermal_task = None
+        await self._stop_units()
         if self.board is not None:
             await self.board.power_off_all("agent stopping")
             await self.board.close()
+            self.board = None
         if self.emulator is not None:
             await self.emulator.stop()
-        for task in self._unit_watch:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            self.emulator = None
         if self.shares is not None:
             unanswered = await self.shares.drain(D.SHUTDOWN_SHARE_WAIT_S)
             if unanswered:
                 log.warning("%d share(s) still unanswered at shutdown: left pending", unanswered)
         if self.pools is not None:
             await self.pools.stop()
+            self.pools = None
         self._log_status()
-        log.info("stopped cleanly")
 
-    async def _wait(self, stop: asyncio.Event) -> bool:
-        """Waits for stop or a dead hashing unit (True); logs status and pings the watchdog."""
+    def request_restart(self) -> None:
+        self._restart.set()
+
+    async def pause(self, reason: str) -> None:
+        """Hashing stopped and chains powered down; pools stay connected."""
+        if self.paused:
+            return
+        self.paused = True
+        self.state.set_guardian("paused", reason)
+        log.warning("paused: %s", reason)
+        await self._stop_units()
+        if self.board is not None:
+            await self.board.power_off_all(reason)
+        self.show_leds()
+
+    async def resume(self, reason: str) -> None:
+        if not self.paused:
+            return
+        self.paused = False
+        self.state.set_guardian("mining", reason)
+        log.info("resuming: %s", reason)
+        if self.board is not None:
+            present = self.board.present()
+            for i, chain in enumerate(self.board.chains):
+                if chain is not None and present[i] and i not in self._thermal_off:
+                    await self.board.power_on(i)
+        await self._start_units()
+        if self.work is not None:
+            for unit in self.units:
+                self._more_work(unit)
+        self.show_leds()
+
+    async def rebuild_pools(self) -> None:
+        """(Re)start the pool manager on the enabled pools, in priority order."""
+        if self.pools is not None:
+            await self.pools.stop()
+            self.pools = None
+        specs = [
+            PoolSpec(url=p.url, user=p.user, password=p.password, priority=p.priority)
+            for p in self.pool_entries
+            if p.enabled
+        ]
+        if not specs:
+            log.warning("no pool is configured or enabled: nothing will be mined until one is")
+            return
+        self.pools = PoolManager(specs, self.pool_options, on_job=self._on_job, state=self.state)
+        self.notifier.status("connecting to pools")
+        await self.pools.start()
+
+    def pool_stats(self) -> list[Any]:
+        return self.pools.stats() if self.pools is not None else []
+
+    def _submit(self, job: PoolJob, extranonce2: bytes, ntime: int, nonce: int) -> Any:
+        if self.pools is None:
+            raise RuntimeError("no pool manager")
+        return self.pools.submit(job, extranonce2, ntime, nonce)
+
+    async def _wait(self, stop: asyncio.Event) -> str:
+        """Waits for stop, a restart request or a dead hashing unit; returns which. Meanwhile
+        publishes readings, pings the watchdog and logs the status."""
         stopper = asyncio.create_task(stop.wait())
-        watch = {stopper, *self._unit_watch}
+        restarter = asyncio.create_task(self._restart.wait())
         ping_s = self.notifier.watchdog_interval_s()
         tick_s = min(ping_s or D.PUBLISH_INTERVAL_S, D.PUBLISH_INTERVAL_S)
         last_log = asyncio.get_running_loop().time()
         try:
             while True:
+                watch = {stopper, restarter, *self._unit_watch}
                 done, _ = await asyncio.wait(watch, timeout=tick_s, return_when="FIRST_COMPLETED")
                 if stopper in done:
-                    return False
+                    return "stop"
+                if restarter in done:
+                    self._restart.clear()
+                    return "restart"
                 for task in done:
-                    exc = task.exception()
-                    log.error("a hashing unit stopped: %s", exc or "it returned")
-                    return True
+                    if task.cancelled():
+                        continue  # a paused unit's watch
+                    log.error("a hashing unit stopped: %s", task.exception() or "it returned")
+                    return "failed"
                 if ping_s:
                     self.notifier.watchdog()
                 self._publish()
@@ -183,6 +318,7 @@ class MiningService:
                     self._log_status()
         finally:
             stopper.cancel()
+            restarter.cancel()
 
     # ------------------------------------------------------------------------------ the path
 
@@ -309,10 +445,25 @@ class MiningService:
 
     # ------------------------------------------------------------------------------ reporting
 
+    def show_leds(self) -> None:
+        """The LEDs follow the agent: located, paused, a board fault, or mining."""
+        if self.board is None:
+            return
+        if self.controls.locating():
+            status = "locate"
+        elif self.paused:
+            status = "stopped"
+        else:
+            status = "fault" if self.board.problems or self._thermal_off else "healthy"
+        red, green = status_patterns(status)
+        self.board.red.set(red)
+        self.board.green.set(green)
+
     def _publish(self) -> None:
         """Chain and fan readings into the snapshot the surfaces read."""
         if self.board is None:
             return
+        self.show_leds()
         for chain in self.board.chains:
             if chain is not None:
                 self.state.set_chain(

@@ -132,12 +132,16 @@ def run_agent(conf: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, env=agent_env(), timeout=30)
 
 
-def test_run_rejects_bad_config_and_missing_drivers(tmp_path: Path) -> None:
+def test_run_rejects_bad_config_and_missing_hardware(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[board]\nthreads = 0\n")
     proc = run_agent(bad)
     assert proc.returncode == 2 and "board.threads:" in proc.stderr
     l3plus = tmp_path / "l3plus.toml"
-    l3plus.write_text('[board]\nkind = "l3plus"\n')
-    proc = run_agent(l3plus)
-    assert proc.returncode == 1 and "no driver" in proc.stderr
+    l3plus.write_text(
+        f'[agent]\nstate_dir = "{tmp_path}"\n[board]\nkind = "l3plus"\nsysfs_root = "{tmp_path}"\n'
+        '[api]\nhttp_listen = "127.0.0.1:0"\ncgminer_listen = "127.0.0.1:0"\n'
+    )
+    proc = run_agent(l3plus)  # a real L3+ profile on a machine without its I2C bus
+    assert proc.returncode == 1
+    assert "cannot start: I2C bus /dev/i2c-0: cannot open" in proc.stderr

@@ -363,6 +363,7 @@ def test_doge_agent_run_mines_blocks_that_litecoind_accepts(nodes, tmp_path: Pat
         conf = tmp_path / "agent.toml"
         conf.write_text(
             f'[agent]\nstate_dir = "{tmp_path}"\n'
+            '[api]\nhttp_listen = "127.0.0.1:0"\ncgminer_listen = "127.0.0.1:0"\n'
             f'[[pools]]\nurl = "{url}"\nuser = "regtest.rig"\npassword = "x"\n'
             f'[board]\nkind = "cpu"\nthreads = 1\nticket_difficulty = {difficulty}\n'
         )

@@ -31,9 +31,12 @@ def agent_env() -> dict[str, str]:
     return env
 
 
+API_ON_FREE_PORTS = '[api]\nhttp_listen = "127.0.0.1:0"\ncgminer_listen = "127.0.0.1:0"\n'
+
+
 def cpu_config(tmp_path: Path, pool_url: str, password: str = "x") -> str:
     return (
-        f'[agent]\nstate_dir = "{tmp_path}"\n'
+        API_ON_FREE_PORTS + f'[agent]\nstate_dir = "{tmp_path}"\n'
         f'[[pools]]\nurl = "{pool_url}"\nuser = "wallet.rig1"\npassword = "{password}"\n'
         '[board]\nkind = "cpu"\nthreads = 1\nticket_difficulty = 0.0009765625\n'
     )
@@ -150,7 +153,8 @@ def test_a_board_kind_without_a_driver_is_refused(tmp_path: Path) -> None:
     conf = loads('[board]\nkind = "l3plus"\n')
 
     async def main() -> int:
-        return await MiningService(conf, notifier=Notifier({})).run(asyncio.Event())
+        service = MiningService(conf, notifier=Notifier({}), serve_surfaces=False)
+        return await service.run(asyncio.Event())
 
     assert asyncio.run(main()) == 1
 
@@ -164,7 +168,7 @@ def test_emulated_board_mines_through_the_chip_protocol(tmp_path: Path) -> None:
         pool = StratumPool(policy=FixedDifficulty(1 / 256))
         await pool.start()
         conf = loads(
-            f'[agent]\nstate_dir = "{tmp_path}"\n'
+            API_ON_FREE_PORTS + f'[agent]\nstate_dir = "{tmp_path}"\n'
             f'[[pools]]\nurl = "stratum+tcp://127.0.0.1:{pool.port}"\nuser = "w.1"\n'
             '[board]\nkind = "emulated"\nchains = 4\nchips_per_chain = 72\n'
         )
@@ -173,6 +177,7 @@ def test_emulated_board_mines_through_the_chip_protocol(tmp_path: Path) -> None:
         runner = asyncio.create_task(service.run(stop))
         await asyncio.wait_for(service.ready.wait(), WAIT_S)
         assert service.shares is not None and service.emulator is not None
+        emulator = service.emulator
         loop = asyncio.get_running_loop()
         deadline = loop.time() + WAIT_S
         while loop.time() < deadline and (
@@ -190,7 +195,98 @@ def test_emulated_board_mines_through_the_chip_protocol(tmp_path: Path) -> None:
         assert {c["frequency_mhz"] for c in snap["chains"]} == {384.375}
         assert len(snap["fans"]) == 2
         # shutdown powered every chain down through its PIC
-        assert not any(p.dc_dc_on for p in service.emulator.peripherals.pics)
+        assert not any(p.dc_dc_on for p in emulator.peripherals.pics)
+        await pool.stop()
+
+    asyncio.run(main())
+
+
+def http(port: int, path: str, method: str = "GET", body: bytes = b"",
+         headers: dict[str, str] | None = None) -> tuple[int, bytes]:  # fmt: skip
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def cgminer(port: int, command: str) -> dict:
+    import json
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(json.dumps({"command": command}).encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return json.loads(data.rstrip(b"\0"))
+
+
+def test_surfaces_and_controls_of_a_running_agent(tmp_path: Path) -> None:
+    """The emulated L3+ seen through /api/status, /metrics and the cgminer API; pause and resume
+    only with the owner's password; the LEDs follow; the password never shows."""
+    import base64
+    import json
+
+    async def main() -> None:
+        pool = StratumPool(policy=FixedDifficulty(1 / 256))
+        await pool.start()
+        conf = loads(
+            API_ON_FREE_PORTS + 'password = "owner-pw-123"\n'
+            f'[agent]\nstate_dir = "{tmp_path}"\n'
+            f'[[pools]]\nurl = "stratum+tcp://127.0.0.1:{pool.port}"\nuser = "w.1"\n'
+            '[board]\nkind = "emulated"\n'
+        )
+        service = MiningService(conf, notifier=Notifier({}))
+        stop = asyncio.Event()
+        runner = asyncio.create_task(service.run(stop))
+        await asyncio.wait_for(service.ready.wait(), WAIT_S)
+        assert service.surfaces is not None and service.surfaces.web is not None
+        web, api4028 = service.surfaces.web.port, service.surfaces.cgminer.port
+        loop = asyncio.get_running_loop()
+        call = lambda *a, **k: loop.run_in_executor(None, lambda: http(*a, **k))  # noqa: E731
+        deadline = loop.time() + WAIT_S
+        while loop.time() < deadline and service.state.snapshot()["shares"]["accepted"] < 3:
+            await asyncio.sleep(0.1)  # polling a counter against a deadline
+
+        status, body = await call(web, "/api/status")
+        snap = json.loads(body)
+        assert status == 200 and [c["chips"] for c in snap["chains"]] == [72] * 4
+        assert snap["shares"]["accepted"] >= 3
+        status, metrics = await call(web, "/metrics")
+        assert status == 200 and b"hashrate" in metrics
+        summary = await loop.run_in_executor(None, cgminer, api4028, "summary")
+        assert summary["STATUS"][0]["STATUS"] == "S"
+
+        status, _ = await call(web, "/api/control/pause", "POST", b"{}")
+        assert status == 401 and not service.paused
+        good = {"Authorization": "Basic " + base64.b64encode(b"root:owner-pw-123").decode(),
+                "Content-Type": "application/json"}  # fmt: skip
+        bad = dict(good, Authorization="Basic " + base64.b64encode(b"root:wrong").decode())
+        status, _ = await call(web, "/api/control/pause", "POST", b"{}", bad)
+        assert status == 401 and not service.paused
+        status, body = await call(web, "/api/control/pause", "POST", b"{}", good)
+        assert status == 200 and service.paused, body
+        emulator = service.emulator
+        assert not any(p.dc_dc_on for p in emulator.peripherals.pics)
+        assert service.state.snapshot()["guardian"]["state"] == "paused"
+        status, _ = await call(web, "/api/control/resume", "POST", b"{}", good)
+        assert status == 200 and not service.paused
+        assert all(p.dc_dc_on for p in emulator.peripherals.pics)
+        before = service.state.snapshot()["nonces"]
+        deadline = loop.time() + WAIT_S
+        while loop.time() < deadline and service.state.snapshot()["nonces"] <= before:
+            await asyncio.sleep(0.1)
+        assert service.state.snapshot()["nonces"] > before, "no nonce after resume"
+        status, _ = await call(web, "/api/control/locate", "POST", b'{"on": true}', good)
+        assert status == 200
+        assert service.board is not None and service.board.green.pattern == "locate"
+
+        stop.set()
+        assert await asyncio.wait_for(runner, WAIT_S) == 0
         await pool.stop()
 
     asyncio.run(main())
