@@ -235,6 +235,33 @@ class ApiConfig:
 
 
 @dataclass(frozen=True)
+class LoggingConfig:
+    """[logging]: the JSON log file with size-based rotation, and the console."""
+
+    file: str = D.LOG_FILE  # relative to agent.state_dir unless absolute
+    max_bytes: int = D.LOG_MAX_BYTES
+    backups: int = D.LOG_BACKUPS
+    level: str | None = None  # None: agent.log_level
+    console: str = D.LOG_CONSOLE  # human | json | off
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    """[alerts]: a command (argv, never a shell) and/or a URL POSTed JSON on critical events."""
+
+    command: tuple[str, ...] | None = None
+    url: str | None = None
+    min_interval_s: float = D.ALERT_MIN_INTERVAL_S
+    reminder_s: float = D.ALERT_REMINDER_S
+    timeout_s: float = D.ALERT_TIMEOUT_S
+
+    def __repr__(self) -> str:  # a hook URL may carry credentials
+        return _masked_repr(self).replace(repr(self.url), repr(_redact_url(self.url)))
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
 class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
     pools: tuple[PoolConfig, ...] = ()
@@ -243,6 +270,8 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     tuner: TunerConfig = field(default_factory=TunerConfig)
     guardian: GuardianConfig = field(default_factory=GuardianConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     sources: tuple[str, ...] = ()  # files merged, main file first
 
 
@@ -526,12 +555,27 @@ SCHEMA: dict[str, dict[str, Checker]] = {
         "watts_default": number_in(0, 10_000, lo_open=True),
         "interval_s": number_in(1, 86400),
     },
+    "logging": {
+        "file": text,
+        "max_bytes": int_in(D.LOG_MIN_MAX_BYTES, 2**40),
+        "backups": int_in(1, D.LOG_MAX_BACKUPS),
+        "level": one_of(D.LOG_LEVELS),
+        "console": one_of(D.LOG_CONSOLE_MODES),
+    },
+    "alerts": {
+        "command": string_list,
+        "url": http_url,
+        "min_interval_s": number_in(0, 7 * 86400),
+        "reminder_s": number_in(0, 30 * 86400),
+        "timeout_s": number_in(0, 600, lo_open=True),
+    },
 }
 STRING_KEYS = frozenset(
     {
         "environment", "state_dir", "log_level", "url", "user", "password", "password_enc",
         "kind", "sysfs_root", "host", "mode", "http_listen", "cgminer_listen", "token",
         "tls_cert", "tls_key", "stale_policy", "currency", "price_url", "price_file",
+        "file", "level", "console",
     }
 )  # fmt: skip
 REQUIRED_POOL_KEYS = ("url", "user")
@@ -586,6 +630,8 @@ def validate(data: Mapping[str, Any]) -> tuple[Config | None, list[str]]:
     api = _check_table("api", "api", _table(data, "api", errors), errors)
     tuner = _check_table("tuner", "tuner", _table(data, "tuner", errors), errors)
     guardian = _check_table("guardian", "guardian", _table(data, "guardian", errors), errors)
+    logging_ = _check_table("logging", "logging", _table(data, "logging", errors), errors)
+    alerts = _check_table("alerts", "alerts", _table(data, "alerts", errors), errors)
 
     pools: list[PoolConfig] = []
     raw_pools = data.get("pools", [])
@@ -637,6 +683,8 @@ def validate(data: Mapping[str, Any]) -> tuple[Config | None, list[str]]:
         api=ApiConfig(**api),
         tuner=TunerConfig(**tuner),
         guardian=GuardianConfig(**guardian),
+        logging=LoggingConfig(**logging_),
+        alerts=AlertsConfig(**alerts),
     )
     return config, []
 

@@ -287,3 +287,28 @@ RECENT_EVENTS = 50
 PUBLISH_INTERVAL_S = 1.0
 # at shutdown, how long a listening surface may take to close its connections
 SURFACE_STOP_S = 5.0
+# demo (agent/demo.py): ports tried first on 127.0.0.1 (a free one if taken), the local pool's
+# share difficulty, the CPU board's ticket, and how often a status line is printed
+DEMO_HTTP_PORT = 8080
+DEMO_CGMINER_PORT = 4028
+DEMO_POOL_DIFFICULTY = 1 / 256
+DEMO_CPU_TICKET_DIFFICULTY = 1 / 256
+DEMO_STATUS_S = 5.0
+
+# ---------------------------------------------------------------------------- logs and alerts
+# [logging]: the JSON log file (relative to state_dir unless absolute), rotated by size
+LOG_FILE = "agent.log"
+LOG_MAX_BYTES = 5 * 1024 * 1024
+LOG_MIN_MAX_BYTES = 1024
+LOG_BACKUPS = 5
+LOG_MAX_BACKUPS = 100
+LOG_CONSOLE_MODES = ("human", "json", "off")
+LOG_CONSOLE = "human"
+# [alerts]: a command or an HTTP POST for critical events, once per onset
+ALERT_MIN_INTERVAL_S = 60.0  # the same alert never fires more often than this
+ALERT_REMINDER_S = 0.0  # > 0: fire again while the condition lasts, this often
+ALERT_TIMEOUT_S = 10.0  # a command or POST that takes longer is abandoned
+ALERT_QUEUE_SIZE = 32  # alerts waiting for delivery; the oldest is dropped beyond this
+# the maintenance CLI (doge-agent status, pools): the local API when no config says otherwise
+CLI_URL = "http://127.0.0.1:8080"
+CLI_TIMEOUT_S = 5.0
