@@ -29,8 +29,10 @@ lint: build
 test: build lint
 	$(PY) -m pytest -q -ra tests
 
+# the agent on the emulated L3+ against the local pool; DEMO_SECONDS=0 runs until Ctrl-C
+DEMO_SECONDS ?= 120
 demo: build
-	$(PY) -m agent demo
+	$(PY) -m agent demo --seconds $(DEMO_SECONDS)
 
 bench: build
 	$(PY) bench/run.py

@@ -51,6 +51,11 @@ def seconds_arg(text: str) -> float:
     return value
 
 
+def demo_seconds_arg(text: str) -> float:
+    """Like seconds_arg, but 0 means until Ctrl-C."""
+    return 0.0 if text.strip() in ("0", "0.0") else seconds_arg(text)
+
+
 def threads_arg(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= D.MAX_CPU_THREADS:
         raise argparse.ArgumentTypeError(f"must be an integer in 1..{D.MAX_CPU_THREADS}")
@@ -198,10 +203,25 @@ def cmd_secrets(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
-    print(f"doge-agent {__version__} demo: self-test, then the CPU board on random work", file=out)
+    if args.board == "synthetic":
+        print(f"doge-agent {__version__} demo: self-test, then the CPU board on random work",
+              file=out)  # fmt: skip
+    else:
+        print(f"doge-agent {__version__} demo: self-test, then the agent on the {args.board} "
+              "board against the local pool", file=out)  # fmt: skip
     if cmd_selftest(args, out) != EXIT_OK:
         print("demo: the self-test failed; not mining with a wrong scrypt core", file=out)
         return EXIT_FAIL
+    if args.board != "synthetic":
+        from agent.demo import run_demo
+
+        seconds = D.DEMO_SECONDS if args.seconds is None else args.seconds
+        return asyncio.run(run_demo(seconds, args.board, args.threads, out))
+    if args.seconds is None:
+        args.seconds = D.DEMO_SECONDS
+    elif args.seconds == 0:
+        print("demo: --seconds 0 (until Ctrl-C) is for the emulated and cpu boards", file=out)
+        return EXIT_USAGE
     return asyncio.run(_demo(args, out))
 
 
@@ -266,11 +286,9 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
         for error in e.errors:
             print(error, file=sys.stderr)
         return EXIT_USAGE
-    logging.basicConfig(
-        level=conf.agent.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from agent.logs import setup_logging
+
+    setup_logging(conf)  # JSON lines file with rotation + the console; never raises
     return asyncio.run(_run(conf))
 
 
@@ -389,15 +407,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "demo",
-        help="self-test, then a short CPU-board run on random work",
-        description="Run the self-test, then mine random work on the CPU board, printing every "
-        "nonce found (verified with pow_hash) and the hashrate.",
+        help="self-test, then the agent on the emulated L3+ against the local pool",
+        description="Run the self-test, then the whole agent on the emulated L3+ (or the CPU "
+        "board) mining against a local Stratum pool, with its status page, JSON API and cgminer "
+        "API on loopback; --board synthetic mines random work on the CPU board without a pool, "
+        "printing every nonce found (verified with pow_hash).",
+    )
+    s.add_argument(
+        "--board",
+        choices=("emulated", "cpu", "synthetic"),
+        default="emulated",
+        help="what hashes (default emulated)",
     )
     s.add_argument(
         "--seconds",
-        type=seconds_arg,
-        default=D.DEMO_SECONDS,
-        help=f"how long to mine (default {D.DEMO_SECONDS:g})",
+        type=demo_seconds_arg,
+        default=None,
+        help=f"how long to mine; 0 = until Ctrl-C (default {D.DEMO_SECONDS:g})",
     )
     s.add_argument(
         "--threads",

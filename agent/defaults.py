@@ -312,3 +312,18 @@ ALERT_QUEUE_SIZE = 32  # alerts waiting for delivery; the oldest is dropped beyo
 # the maintenance CLI (doge-agent status, pools): the local API when no config says otherwise
 CLI_URL = "http://127.0.0.1:8080"
 CLI_TIMEOUT_S = 5.0
+
+# ---------------------------------------------------------------------------- persistence, reload, supervision
+# the cumulative counters in <state_dir>/counters.json: saved this often, at pause and at stop
+STATE_SAVE_INTERVAL_S = 10.0
+COUNTERS_FILE = "counters.json"
+# the config file (and its overlay) is polled this often for a change (mtime, size, sha256)
+CONFIG_POLL_INTERVAL_S = 1.0
+# a dead background task (hashing unit, thermal loop, pool task) is restarted after a backoff
+# doubling from MIN to MAX; more than MAX_FAILURES deaths of one task within WINDOW exit the agent
+SUPERVISE_BACKOFF_MIN_S = 0.5
+SUPERVISE_BACKOFF_MAX_S = 30.0
+SUPERVISE_MAX_FAILURES = 5
+SUPERVISE_WINDOW_S = 300.0
+# a dead unit still not running this long after its planned restart stops the watchdog pings
+SUPERVISE_GRACE_S = 10.0

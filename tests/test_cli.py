@@ -116,7 +116,7 @@ def test_bench_hands_its_arguments_to_the_benchmark(monkeypatch: pytest.MonkeyPa
 
 
 def test_demo_finds_verified_nonces() -> None:
-    code, out = call("demo", "--seconds", "3")
+    code, out = call("demo", "--board", "synthetic", "--seconds", "3")
     assert code == 0, out
     found = int(re.search(r"^nonces found: (\d+) \((\d+) verified", out, re.M).group(1))
     assert found > 0, out
@@ -124,6 +124,20 @@ def test_demo_finds_verified_nonces() -> None:
     rate = re.search(r"^hashrate: ([\d,]+) H/s counted", out, re.M)
     assert rate and int(rate.group(1).replace(",", "")) > 0, out
     assert "selftest: passed" in out
+
+
+def test_demo_mines_on_the_emulated_board_through_the_local_pool() -> None:
+    """What `make demo` runs: the status page address printed, shares accepted by the pool."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent", "demo", "--seconds", "6"],
+        capture_output=True, text=True, env=agent_env(), timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"status page:  http://127\.0\.0\.1:\d+/", proc.stdout), proc.stdout
+    assert "chips 72/72/72/72" in proc.stdout
+    done = re.search(r"(\d+) shares accepted by the pool \(pool counted (\d+)\), 0 HW errors",
+                     proc.stdout)  # fmt: skip
+    assert done and int(done.group(1)) > 0 and done.group(1) == done.group(2), proc.stdout
 
 
 @pytest.mark.timeout(60)
