@@ -1,0 +1,1 @@
+"""The benchmarks behind `make bench` (bench/run.py): scrypt hash rates, and the mining path."""

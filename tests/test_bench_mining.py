@@ -1,0 +1,49 @@
+"""The mining bench harness (bench/run.py --only mining --quick): it runs end to end and writes
+every section with the keys the README table is made from. Speeds are never asserted here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT
+
+LATENCIES = ("notify_to_work_ready", "notify_to_work_written_4_chains", "agent_on_job_to_written",
+             "nonce_to_submit_sent", "nonce_verified_to_submit_sent")
+PROCESS = ("startup_to_first_share_s", "rss_mb_max", "cpu_pct_process", "cpu_pct_emulated_chips",
+           "cpu_pct_agent", "nonces_per_s", "exit_code")
+
+
+def test_quick_mining_bench_writes_every_section(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    existing = {"schema": 1, "results": [{"name": "kept"}]}  # the scrypt section stays as it was
+    out.write_text(json.dumps(existing))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--only", "mining", "--quick",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(out.read_text())
+    assert report["results"] == [{"name": "kept"}]
+    m = report["mining"]
+    assert m["quick"] is True
+    for key in ("frames_decoded_per_s", "nonces_ingested_per_s", "decode_x_line_rate"):
+        assert key in m["ingest"]
+    assert set(m["latency"]) == {"idle", "http_load", "cgminer_load", "flood"}
+    for phase in m["latency"].values():
+        for key in LATENCIES:
+            assert {"n", "p50_ms", "p99_ms", "max_ms"} <= set(phase[key])
+    assert m["latency"]["idle"]["notify_to_work_written_4_chains"]["n"] > 0
+    for key in ("status_api", "cgminer_4028"):
+        assert {"ok_per_s", "requests", "latency_ms_p99"} <= set(m["surfaces"][key])
+    assert m["surfaces"]["flood"] and all("attempts" in f for f in m["surfaces"]["flood"])
+    assert {"kill_to_backup_work_written_s", "worst_s", "status"} <= set(m["failover"])
+    for key in ("process_real_rate", "process_100x_rate"):
+        assert set(PROCESS) <= set(m[key])
+        assert m[key]["exit_code"] == 0
+    assert {"p50_ratio", "p99_ratio"} <= set(m["flood_vs_idle"])
+    assert len(m["targets"]) == 7
+    assert all(t["status"] in ("PASS", "BELOW") for t in m["targets"])
