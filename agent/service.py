@@ -75,6 +75,7 @@ class MiningService:
         self._unit_watch: list[asyncio.Task[None]] = []
         self.board: Board | None = None  # the peripherals of a chip board (l3plus, emulated)
         self.emulator: Any = None  # agent.emulator.board.EmulatedL3Plus for kind = "emulated"
+        self.remote: Any = None  # agent.hardware.remote.RemoteMiner for kind = "remote"
         self.thermal: ThermalLoop | None = None
         self._thermal_task: asyncio.Task[None] | None = None
         self._thermal_off: set[int] = set()  # chains the thermal loop has powered down
@@ -177,7 +178,7 @@ class MiningService:
         self.shares = SharePath(
             self.work, self.state, conf.board.ticket_difficulty, self._submit
         )
-        if not self.paused:
+        if not self.paused or self.remote is not None:  # a remote miner is read while paused
             await self._start_units()
         if self.board is not None:
             self._start_thermal()
@@ -214,6 +215,7 @@ class MiningService:
                 await self._thermal_task
             self._thermal_task = None
         await self._stop_units()
+        self.remote = None  # a stopped agent leaves the remote miner as it is
         if self.board is not None:
             await self.board.power_off_all("agent stopping")
             await self.board.close()
@@ -237,10 +239,13 @@ class MiningService:
         """Hashing stopped and chains powered down; pools stay connected."""
         if self.paused:
             return
+        if self.remote is not None:
+            await self._remote_mining(False, reason)  # ControlError unless a re-read confirms
         self.paused = True
         self.state.set_guardian("paused", reason)
         log.warning("paused: %s", reason)
-        await self._stop_units()
+        if self.remote is None:  # a remote miner stays read while paused
+            await self._stop_units()
         if self.board is not None:
             await self.board.power_off_all(reason)
         self.show_leds()
@@ -248,6 +253,8 @@ class MiningService:
     async def resume(self, reason: str) -> None:
         if not self.paused:
             return
+        if self.remote is not None:
+            await self._remote_mining(True, reason)  # ControlError unless a re-read confirms
         self.paused = False
         self.state.set_guardian("mining", reason)
         log.info("resuming: %s", reason)
@@ -256,17 +263,31 @@ class MiningService:
             for i, chain in enumerate(self.board.chains):
                 if chain is not None and present[i] and i not in self._thermal_off:
                     await self.board.power_on(i)
-        await self._start_units()
-        if self.work is not None:
-            for unit in self.units:
-                self._more_work(unit)
+        if self.remote is None:
+            await self._start_units()
+            if self.work is not None:
+                for unit in self.units:
+                    self._more_work(unit)
         self.show_leds()
+
+    async def _remote_mining(self, mining: bool, reason: str) -> None:
+        """The remote miner paused or resumed through pyasic, confirmed by re-reading it."""
+        from agent.api.controls import ControlError
+        from agent.hardware.remote import RemoteError
+
+        try:
+            await (self.remote.resume if mining else self.remote.pause)(reason)
+        except RemoteError as exc:
+            raise ControlError(str(exc)) from None
 
     async def rebuild_pools(self) -> None:
         """(Re)start the pool manager on the enabled pools, in priority order."""
         if self.pools is not None:
             await self.pools.stop()
             self.pools = None
+        if self.conf.board.kind == "remote":
+            log.info("board.kind = remote: the remote miner mines its own pools; none joined here")
+            return
         specs = [
             PoolSpec(url=p.url, user=p.user, password=p.password, priority=p.priority)
             for p in self.pool_entries
@@ -345,6 +366,8 @@ class MiningService:
             await self.emulator.start()
             profile = self.emulator.profile
             peripherals = self.emulator.peripherals
+        elif board.kind == "remote":
+            return [self._make_remote()]
         elif board.kind == "l3plus":
             from agent.hardware import profile as PR
 
@@ -369,6 +392,22 @@ class MiningService:
         if not units:
             raise StartupError("no hash board is present")
         return units
+
+    def _make_remote(self) -> HashingUnit:
+        """A stock miner read and controlled through pyasic (the optional `remote` extra). Its
+        web password, when not the stock default, comes from DOGE_AGENT_REMOTE_PASSWORD."""
+        import os
+
+        try:
+            from agent.hardware.remote import RemoteMiner
+
+            password = os.environ.get("DOGE_AGENT_REMOTE_PASSWORD") or None
+            if password:
+                self.secret_filter.add(password)
+            self.remote = RemoteMiner(self.conf.board.host or "", self.state, web_password=password)
+        except RuntimeError as exc:  # pyasic missing: the message names the extra to install
+            raise StartupError(str(exc)) from None
+        return self.remote
 
     def _make_chain(self, index: int, uart: str, board: Board) -> Chain:
         conf = self.conf.board
@@ -476,6 +515,8 @@ class MiningService:
         board = self.conf.board
         if board.kind == "cpu":
             return f"the CPU board ({board.threads} thread(s), {scrypt.backend()})"
+        if board.kind == "remote":
+            return f"the remote miner at {board.host}"
         return f"{len(self.units)} chain(s)"
 
     def _log_status(self) -> None:
