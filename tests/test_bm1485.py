@@ -218,3 +218,21 @@ def test_stream_decoder_counts_corrupt_frames() -> None:
 def test_header_word_order_is_its_own_inverse() -> None:
     h = os.urandom(76)
     assert bm.work_data_to_header(bm.header_to_work_data(h)) == h
+
+
+def test_addressed_pll_and_clock_gating_frames() -> None:
+    from agent.emulator.hashboard import _crc5 as emu_crc5
+
+    # the reference's broadcast vector, through the new helper
+    assert bm.pll_write(384) == bytes.fromhex("51 08 00 08 00 7B 02 41 06")
+    # addressed: header 0x41, chip byte set, same value; CRC5 agrees with the emulator's own
+    f = bm.pll_write(400, chip=0x0C)
+    assert f[:8] == bytes([0x41, 8, 0x0C, 0x08]) + bm.pll_for(400).value
+    assert f[8] == emu_crc5(f[:8], 64)
+    assert bm.decode_command(f) == bm.Command(1, False, 0x0C, 0x08, bm.pll_for(400).value)
+    assert bm.core_clock_value(9, True) == bytes([0, 9, 0, 0])
+    assert bm.core_clock_value(9, False) == bytes([0, 9, 0, 1])
+    assert bm.chip_clock_value(False) == bytes([0x80, 0, 0, 1])
+    g = bm.write_register(bm.REG_CORE_CMD_IN, bm.core_clock_value(13, False), 0x03)
+    assert g[:8] == bytes([0x41, 8, 0x03, 0x3C, 0, 13, 0, 1])
+    assert g[8] == emu_crc5(g[:8], 64)

@@ -3,7 +3,9 @@ peripherals (peripherals.py: PICs and sensors on an SMBus-shaped bus, fans, GPIO
 sysfs folder, the thermal model), tied together as the real board ties them:
 
 * a chain whose DC-DC is off (the PIC) or whose board is unplugged goes silent;
-* each chain's PLL frequency and chip count heat the thermal model;
+* each chain's per-chip clocks and live cores (as one effective mean clock, which the linear power
+  model turns into exactly the chips' sum) and chip count heat the thermal model;
+* the PIC's voltage reaches the chips (it moves their stable clocks when a StabilityModel is on);
 * the sensors behind the chips read the model's board and die temperatures.
 
 The driver side opens `paths` with pyserial and `peripherals.bus` / the sysfs folder through the
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import defaults as D
-from agent.emulator.hashboard import EmulatedBoard
+from agent.emulator.hashboard import MAX_HASH_RATE_HS, EmulatedBoard, StabilityModel
 from agent.emulator.peripherals import EmulatedPeripherals
 from agent.hardware import profile as PR
 
@@ -32,12 +34,16 @@ class EmulatedL3Plus:
         ticket_difficulty: float = D.TICKET_DIFFICULTY,
         ambient_c: float = D.EMULATOR_AMBIENT_C,
         rate_scale: float = 1.0,
+        stability: StabilityModel | None = None,
+        seed: int | None = None,
+        max_hash_rate_hs: float = MAX_HASH_RATE_HS,
     ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.chips = EmulatedBoard(
             chains, chips, ticket_difficulty=ticket_difficulty, temps=self._temps,
-            rate_scale=rate_scale,
+            rate_scale=rate_scale, stability=stability, seed=seed,
+            max_hash_rate_hs=max_hash_rate_hs,
         )  # fmt: skip
         self.profile = PR.load(
             "emulated",
@@ -69,7 +75,17 @@ class EmulatedL3Plus:
                 self._silenced.discard(i)
                 chain.wake()
             live = chain.live_chips() if powered else 0
-            self.peripherals.set_chain_clock(i, chain.frequency_mhz(), live)
+            chain.set_voltage(self.peripherals.pics[i].voltage_v)
+            self.peripherals.set_chain_clock(i, chain.effective_mhz(), live)
+
+    def chain_power_w(self, chain: int) -> float:
+        """The chain's power as the thermal model has it (0 with the DC-DC off)."""
+        watts = self.peripherals.thermal.state.chain_w
+        return watts[chain] if chain < len(watts) else 0.0
+
+    @property
+    def wall_w(self) -> float:
+        return self.peripherals.thermal.wall_w
 
     async def start(self, tick_s: float = D.EMULATOR_TICK_S) -> None:
         self.chips.start()

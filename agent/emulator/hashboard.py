@@ -17,22 +17,33 @@ bit), lose_bytes(n) (next n frames lose a byte), noise(n) (n random bytes on the
 bad_nonces(n) (next n nonces do not meet the ticket), unknown_work_nonces(n) (next n nonces carry a
 work id never sent), stale_nonces(n) (next n nonces carry the previous work id), go_silent()
 (nothing answers until reset() or wake()).
-Thermal hook: temps(chain, chip_position) -> (local_c, remote_c) or one float for both."""
+Thermal hook: temps(chain, chip_position) -> (local_c, remote_c) or one float for both.
+
+Per chip: its own PLL (addressed PLL writes are honoured), CORE_CMD_IN clock gating per core or for
+all cores (a gated core hashes nothing, so emits nothing; data 0 enables, 1 gates, as
+agent.hardware.bm1485 documents), and, with a StabilityModel, its own stable clock drawn from a
+seeded normal distribution: at or below it a chip's nonces are bad with `base_error` probability,
+above it the bad share rises steeply (1 - exp(-excess / width_mhz)); the stable clock follows the
+core voltage (set_voltage, the PIC's). power_w() is the chain's power from each chip's clock, live
+cores and the voltage (the same calibration as agent.emulator.thermal)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import random
 import select
 import threading
 import time
 import tty
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from agent import scrypt
+from agent.emulator.thermal import DYNAMIC_W_PER_MHZ, STATIC_W, V_NOMINAL
 from agent.mining.targets import difficulty_to_target
 
 log = logging.getLogger(__name__)
@@ -48,6 +59,34 @@ TICK_S = 0.01
 CHUNK = 16  # nonces hashed per scan call: small, so work spreads evenly over chips and cores
 MAX_HASH_RATE_HS = 5000.0  # per chain: a 4-chain board stays under one core even when sped up
 CORE_NUMBERS = (0, 1, 2, 3, 4, 5, 8, 9, 10, 11, 12, 13)
+RATE_PER_MHZ_CORE = 0.95 / 2500 * 1e6  # H/s per MHz per core (§1.1: f x 12 x 0.95 / 2500 MH/s)
+
+
+@dataclass(frozen=True)
+class StabilityModel:
+    """Each chip's stable clock ~ Normal(mean_mhz, sd_mhz) at V_NOMINAL, clipped to min..max_mhz,
+    scaled by (1 + volt_gain x (V - V_NOMINAL)). Bad-nonce share: base_error at or below it,
+    base_error + (1 - base_error) x (1 - exp(-(f - limit) / width_mhz)) above it."""
+
+    mean_mhz: float = 420.0
+    sd_mhz: float = 30.0
+    min_mhz: float = 250.0
+    max_mhz: float = 650.0
+    base_error: float = 0.0005
+    width_mhz: float = 4.0
+    volt_gain: float = 0.1  # share of the stable clock per volt
+
+    def draw(self, rng: random.Random) -> float:
+        return max(self.min_mhz, min(self.max_mhz, rng.gauss(self.mean_mhz, self.sd_mhz)))
+
+    def limit_mhz(self, stable_mhz: float, voltage_v: float) -> float:
+        return stable_mhz * max(0.1, 1.0 + self.volt_gain * (voltage_v - V_NOMINAL))
+
+    def error_rate(self, freq_mhz: float, stable_mhz: float, voltage_v: float) -> float:
+        excess = freq_mhz - self.limit_mhz(stable_mhz, voltage_v)
+        if excess <= 0:
+            return self.base_error
+        return self.base_error + (1 - self.base_error) * -math.expm1(-excess / self.width_mhz)
 
 
 # ---------------------------------------------------------------------------- own CRCs
@@ -98,6 +137,9 @@ class _Chip:
     regs: dict[int, bytes] = field(default_factory=dict)
     sensor: _Sensor | None = None
     counters: dict[int, int] = field(default_factory=dict)  # core -> next 20-bit counter
+    stable_mhz: float = math.inf  # its own stable clock at V_NOMINAL (no limit by default)
+    budget: float = 0.0  # hashes owed (the hashing model)
+    rr: int = 0  # round robin over its enabled cores
 
     @property
     def frequency_mhz(self) -> float:
@@ -108,10 +150,13 @@ class _Chip:
         return 25.0 * fb / (ref * p1 * p2)
 
     @property
+    def effective_mhz(self) -> float:
+        """Clock x share of cores whose clock is on (what power and hash rate follow)."""
+        return self.frequency_mhz * len(self.cores_enabled) / len(CORE_NUMBERS)
+
+    @property
     def hashrate_hs(self) -> float:
-        if len(self.cores_enabled) < 12:
-            return 0.0
-        return self.frequency_mhz * 12 * 0.95 / 2500 * 1e6
+        return self.frequency_mhz * len(self.cores_enabled) * RATE_PER_MHZ_CORE
 
 
 @dataclass
@@ -123,6 +168,9 @@ class EmulatorStats:
     frames_out: int = 0
     nonces_out: int = 0
     hashes: int = 0
+    bad_out: int = 0  # nonces made bad by the stability model
+    chip_nonces: dict[int, int] = field(default_factory=dict)  # position -> nonces out
+    chip_bad: dict[int, int] = field(default_factory=dict)  # position -> bad ones among them
 
 
 class EmulatedChain:
@@ -137,7 +185,12 @@ class EmulatedChain:
         rate_scale: float = 1.0,
         max_hash_rate_hs: float = MAX_HASH_RATE_HS,
         seed: int | None = None,
+        stability: StabilityModel | None = None,
+        stable_mhz: Sequence[float] | None = None,
+        voltage_v: float = V_NOMINAL,
     ) -> None:
+        """stability: per-chip stable clocks drawn from it (seeded by `seed` and the chain
+        number), or given one per chip in stable_mhz; neither: every chip is stable."""
         if not 1 <= chips <= 256:
             raise ValueError(f"chips must be in 1..256, got {chips}")
         self.chain = chain
@@ -152,10 +205,22 @@ class EmulatedChain:
         for p in sensor_positions:
             if p < chips:
                 self._chips[p].sensor = _Sensor()
+        self.stability = stability
+        if stable_mhz is not None:
+            if len(stable_mhz) != chips:
+                raise ValueError(f"stable_mhz needs {chips} values, got {len(stable_mhz)}")
+            if self.stability is None:
+                self.stability = StabilityModel()
+            for c, f in zip(self._chips, stable_mhz, strict=True):
+                c.stable_mhz = float(f)
+        elif stability is not None:
+            draw = random.Random(None if seed is None else f"stable/{seed}/{chain}")
+            for c in self._chips:
+                c.stable_mhz = stability.draw(draw)
+        self.voltage_v = voltage_v
+        self._err_rng = random.Random(None if seed is None else f"errors/{seed}/{chain}")
         self._work: dict[int, bytes] = {}  # work id -> header80 (nonce zero); latest per id
         self._current: tuple[int, bytes] | None = None
-        self._rr = 0  # round robin over (chip, core) slots
-        self._budget = 0.0
         self._silent = False
         self._corrupt = self._lose = self._bad = self._unknown = self._stale = 0
         self._previous: int | None = None  # work id before the current one
@@ -199,9 +264,9 @@ class EmulatedChain:
         """The reset GPIO: every chip back to power-on state; clears a silent chain."""
         with self._lock:
             for c in self._chips:
-                sensor, vanished = c.sensor, c.vanished
+                sensor, vanished, stable = c.sensor, c.vanished, c.stable_mhz
                 c.__init__(c.position)  # type: ignore[misc]
-                c.sensor, c.vanished = sensor, vanished
+                c.sensor, c.vanished, c.stable_mhz = sensor, vanished, stable
             self._work.clear()
             self._current = None
             self._silent = False
@@ -264,6 +329,45 @@ class EmulatedChain:
 
     def frequency_mhz(self, position: int = 0) -> float:
         return self._chips[position].frequency_mhz
+
+    def set_voltage(self, volts: float) -> None:
+        """The core voltage (the PIC's DC-DC output): moves every chip's stable clock."""
+        with self._lock:
+            self.voltage_v = float(volts)
+
+    def stable_mhz(self, position: int) -> float:
+        """The chip's stable clock at the current voltage (inf without a stability model)."""
+        c = self._chips[position]
+        if self.stability is None:
+            return math.inf
+        return self.stability.limit_mhz(c.stable_mhz, self.voltage_v)
+
+    def error_rate(self, position: int) -> float:
+        """The share of this chip's nonces that are bad at its clock and the voltage now."""
+        c = self._chips[position]
+        if self.stability is None:
+            return 0.0
+        return self.stability.error_rate(c.frequency_mhz, c.stable_mhz, self.voltage_v)
+
+    def cores_enabled(self, position: int) -> frozenset[int]:
+        return frozenset(self._chips[position].cores_enabled)
+
+    def effective_mhz(self) -> float:
+        """Mean over live chips of clock x share of cores on: chips x this drives the power
+        model exactly (power is linear in the clock); 0 without live chips."""
+        with self._lock:
+            live = [c for c in self._chips if not c.vanished]
+            return sum(c.effective_mhz for c in live) / len(live) if live else 0.0
+
+    def power_w(self, voltage_v: float | None = None) -> float:
+        """The chips' power: per live chip (dynamic x clock x cores on + static) x (V/Vnom)^2."""
+        v = self.voltage_v if voltage_v is None else voltage_v
+        with self._lock:
+            live = [c for c in self._chips if not c.vanished]
+            return sum(
+                (DYNAMIC_W_PER_MHZ * c.effective_mhz + STATIC_W) * (v / V_NOMINAL) ** 2
+                for c in live
+            )
 
     def ticket_mask(self, position: int = 0) -> int:
         return self._chips[position].ticket_mask
@@ -384,11 +488,15 @@ class EmulatedChain:
         elif reg == 0x18:
             c.misc = v
         elif reg == 0x3C:
-            if v[2] == 0:  # clock enable
-                if v[0] & 0x80:
-                    c.cores_enabled.update(CORE_NUMBERS)
-                elif v[1] & 0x0F in CORE_NUMBERS:
-                    c.cores_enabled.add(v[1] & 0x0F)
+            if v[2] == 0:  # clock enable: data 0 turns the clock on, 1 gates it off
+                cores = CORE_NUMBERS if v[0] & 0x80 else (v[1] & 0x0F,)
+                for core in cores:
+                    if core not in CORE_NUMBERS:
+                        continue
+                    if v[3] & 1:
+                        c.cores_enabled.discard(core)
+                    else:
+                        c.cores_enabled.add(core)
         elif reg == 0x1C:
             self._iic(c, v)
 
@@ -486,32 +594,37 @@ class EmulatedChain:
 
     def _hash(self, dt: float) -> None:
         with self._lock:
-            if self._silent or self._current is None:
-                self._budget = 0.0
-                return
             hashing = [c for c in self._chips if c.addressed and not c.vanished and c.hashrate_hs]
-            if not hashing:
-                self._budget = 0.0
+            if self._silent or self._current is None or not hashing:
+                for c in self._chips:
+                    c.budget = 0.0
                 return
-            rate = sum(c.hashrate_hs for c in hashing) * self.rate_scale
-            computed = min(rate * self.ticket_difficulty / 256, self.max_hash_rate_hs)
-            self._budget = min(self._budget + computed * dt, computed + CHUNK)
-            jobs = []
-            while self._budget >= CHUNK:
-                self._budget -= CHUNK
-                slot = self._rr % (len(hashing) * 12)
-                self._rr += 1
-                c = hashing[slot % len(hashing)]  # chips in turn, then the next core
-                core = CORE_NUMBERS[slot // len(hashing)]
-                counter = c.counters.get(core, 0)
-                if counter + CHUNK > 1 << 20:
-                    continue  # this core has scanned its range of this work: it idles
-                c.counters[core] = counter + CHUNK
-                start = core << 28 | c.address << 20 | counter
-                mask = c.ticket_mask
-                jobs.append((start, mask))
+            # each chip computes in proportion to its own clock and cores (shared cap)
+            want = [c.hashrate_hs * self.rate_scale * self.ticket_difficulty / 256 for c in hashing]
+            total = sum(want)
+            k = min(1.0, self.max_hash_rate_hs / total) if total > 0 else 0.0
+            per_chip = []
+            for c, w in zip(hashing, want, strict=True):
+                r = w * k
+                c.budget = min(c.budget + r * dt, r + CHUNK)
+                cores = [x for x in CORE_NUMBERS if x in c.cores_enabled]
+                p_bad = self.error_rate(c.position)
+                out = []
+                while c.budget >= CHUNK:
+                    c.budget -= CHUNK
+                    core = cores[c.rr % len(cores)]  # a gated core gets no turn
+                    c.rr += 1
+                    counter = c.counters.get(core, 0)
+                    if counter + CHUNK > 1 << 20:
+                        continue  # this core has scanned its range of this work: it idles
+                    c.counters[core] = counter + CHUNK
+                    start = core << 28 | c.address << 20 | counter
+                    out.append((c.position, start, c.ticket_mask, p_bad))
+                per_chip.append(out)
+            # interleave: chips in turn
+            jobs = [j for group in _zip_longest(per_chip) for j in group]
             wid, header = self._current
-        for start, mask in jobs:
+        for position, start, mask, p_bad in jobs:
             difficulty = self.ticket_difficulty * (mask + 1) / 256
             target = difficulty_to_target(difficulty)
             found = scrypt.scan(header, start, CHUNK, target)
@@ -520,7 +633,7 @@ class EmulatedChain:
                 if self._current is None or self._current[0] != wid or self._silent:
                     return  # new work or a reset while hashing: these nonces are stale
                 for nonce, _ in found:
-                    self._report(nonce, wid)
+                    self._report(nonce, wid, position, p_bad)
 
     def _bad_nonce(self, nonce: int, wid: int) -> int:
         # Same chip and core bits, but a counter whose hash misses the ticket (a broken core).
@@ -533,9 +646,15 @@ class EmulatedChain:
                 return bad
         return nonce ^ 1
 
-    def _report(self, nonce: int, wid: int) -> None:
+    def _report(self, nonce: int, wid: int, position: int = -1, p_bad: float = 0.0) -> None:
         # One fault per nonce, so each injected fault shows up as exactly one counted event.
-        if self._bad:
+        st = self.stats
+        st.chip_nonces[position] = st.chip_nonces.get(position, 0) + 1
+        if p_bad > 0 and self._err_rng.random() < p_bad:  # past its stable clock
+            st.bad_out += 1
+            st.chip_bad[position] = st.chip_bad.get(position, 0) + 1
+            nonce = self._bad_nonce(nonce, wid)
+        elif self._bad:
             self._bad -= 1
             nonce = self._bad_nonce(nonce, wid)
         elif self._stale and self._previous is not None:
@@ -548,6 +667,11 @@ class EmulatedChain:
                 wid = (wid + 1) & 0x7F
         self.stats.nonces_out += 1
         self._emit(self._nonce_frame(nonce, wid))
+
+
+def _zip_longest(groups: list[list[tuple[int, int, int, float]]]) -> list[list[Any]]:
+    n = max((len(g) for g in groups), default=0)
+    return [[g[i] for g in groups if i < len(g)] for i in range(n)]
 
 
 class EmulatedBoard:

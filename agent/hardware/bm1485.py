@@ -219,6 +219,30 @@ def core_cmd_value(
     )
 
 
+# CORE_CMD_IN clock-enable data: the boot enables with data 0 (as the stock driver's open-block
+# step); data 1 gates the clock off. [I] The reference names the command and the field, not the
+# meaning of its data values; the emulator implements the same convention.
+CORE_CLOCK_ON = 0x00
+CORE_CLOCK_OFF = 0x01
+
+
+def core_clock_value(core: int, enable: bool) -> bytes:
+    """CORE_CMD_IN clock enable (or gate) for one core: [0, core, 0, 0 on / 1 off]."""
+    return core_cmd_value(core, CORE_CMD_CLOCK_ENABLE, CORE_CLOCK_ON if enable else CORE_CLOCK_OFF)
+
+
+def chip_clock_value(enable: bool) -> bytes:
+    """CORE_CMD_IN clock enable (or gate) for all 12 cores of a chip (b0 bit 7, all-cores)."""
+    data = CORE_CLOCK_ON if enable else CORE_CLOCK_OFF
+    return core_cmd_value(CORES[0], CORE_CMD_CLOCK_ENABLE, data, all_cores=True)
+
+
+def pll_write(frequency_mhz: float, chip: int | None = None) -> bytes:
+    """PLL_PARAMETER write for `frequency_mhz` to one chip (addressed) or every chip (broadcast).
+    Broadcast 384 MHz -> 51 08 00 08 00 7B 02 41 06 (reference §1.3)."""
+    return write_register(REG_PLL_PARAMETER, pll_for(frequency_mhz).value, chip)
+
+
 def iic_read_value(device: int, reg: int) -> bytes:
     """GENERAL_IIC: read sensor register `reg` of 7-bit `device` (0x4C, 0x01 -> 01 98 01 00)."""
     return bytes([IIC_REG_VALID, (device & 0x7F) << 1, _u8(reg, "sensor register"), 0])

@@ -11,19 +11,28 @@ addressing (addrInterval = 256 / chips), PLL, MISC_CONTROL, temperature-sensor c
 the sensor chips' I2C master, core clock enable, ticket mask. While mining: HASHRATE polled every
 second (a chip missing MISSED_POLLS_LOST polls in a row has dropped off: reported, and again when
 it is back), temperatures every TEMP_POLL_S, and a chain silent for SILENCE_S is reset and booted
-again. Every problem becomes a ChainEvent(chain, kind, chip, detail) through on_event."""
+again. Every problem becomes a ChainEvent(chain, kind, chip, detail) through on_event.
+
+Tuning (reference §1.4, PLL_PARAMETER and CORE_CMD_IN): set_chip_frequency(chip, MHz) writes one
+chip's PLL (an addressed write), set_frequency_scale(pct) runs every chip at pct of its own tuned
+clock (the thermal throttle), disable_core / disable_chip gate clocks through CORE_CMD_IN. Tuned
+clocks, the scale and the gating are kept per chip and written again after every (re)boot. A
+clock-gated chip is left out of the expected and measured rates and of HW-error accounting (a
+nonce still in flight from it is counted as gated, not as an error)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
+import math
 import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import serial
 
@@ -32,6 +41,9 @@ from agent import scrypt
 from agent.hardware import bm1485 as bm
 from agent.hardware.cpu import Nonce, Work
 from agent.mining.targets import difficulty_to_target
+
+if TYPE_CHECKING:
+    from agent.control.tuner import ChainSample
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +91,19 @@ class ChipStats:
     missed_polls: int = 0
     lost: bool = False
     cores: dict[int, int] = field(default_factory=dict)  # core number -> verified nonces
+    frequency_mhz: float = 0.0  # the clock its PLL was last set to
+    tuned_mhz: float | None = None  # its own clock (set_chip_frequency); None: the chain's
+    disabled: bool = False  # every core clock-gated
+    disabled_cores: set[int] = field(default_factory=set)
+    gated_nonces: int = 0  # nonces that arrived after it was gated (not counted as HW errors)
+
+    @property
+    def expected_hashrate_hs(self) -> float:
+        """The rate model (§1.1) at its clock, for the cores still on; 0 when gated or lost."""
+        if self.disabled or self.lost:
+            return 0.0
+        live = len(bm.CORES) - len(self.disabled_cores & set(bm.CORES))
+        return bm.chip_hashrate_hs(self.frequency_mhz) * live / len(bm.CORES)
 
 
 @dataclass(frozen=True)
@@ -143,6 +168,8 @@ class Chain:
         self.stale = 0
         self.unknown_work = 0
         self.unknown_chip = 0
+        self.gated_nonces = 0
+        self.scale_pct = 100.0  # share of each chip's tuned clock it runs at (thermal throttle)
         self.last_rx = 0.0
         # work
         self._slots: dict[int, Work] = {}  # 7-bit work id -> work (a reused slot overwrites)
@@ -171,7 +198,10 @@ class Chain:
 
     @property
     def frequency_mhz(self) -> float:
-        return self.pll.frequency_mhz
+        """Mean clock of the chips that hash (the chain's boot clock before any chip is known)."""
+        chips = self.chips.values()
+        clocks = [c.frequency_mhz for c in chips if not c.disabled and c.frequency_mhz]
+        return sum(clocks) / len(clocks) if clocks else self.pll.frequency_mhz
 
     @property
     def chip_count(self) -> int:
@@ -179,7 +209,117 @@ class Chain:
 
     @property
     def hashrate_hs(self) -> float:
-        return sum(c.hashrate_hs for c in self.chips.values() if not c.lost)
+        return sum(c.hashrate_hs for c in self.chips.values() if not c.lost and not c.disabled)
+
+    @property
+    def expected_hashrate_hs(self) -> float:
+        """The rate model over the chips that hash, at their own clocks and live cores."""
+        return sum(c.expected_hashrate_hs for c in self.chips.values())
+
+    @property
+    def hw_errors_counted(self) -> int:
+        """HW errors of the chips that still hash (gated chips are left out)."""
+        return sum(c.hw_errors for c in self.chips.values() if not c.disabled)
+
+    # ------------------------------------------------------------------ tuning
+
+    def _stats(self, chip: int) -> ChipStats:
+        c = self.chips.get(chip)
+        if c is None:
+            raise ValueError(f"chain {self.chain}: no chip {chip}")
+        return c
+
+    def _pll_of(self, c: ChipStats) -> bm.Pll:
+        base = c.tuned_mhz if c.tuned_mhz is not None else self.pll.frequency_mhz
+        mhz = max(bm.PLL_MIN_MHZ, min(bm.PLL_MAX_MHZ, base * self.scale_pct / 100.0))
+        return bm.pll_for(mhz)
+
+    async def _write_clock(self, c: ChipStats) -> None:
+        pll = self._pll_of(c)
+        self._write(bm.write_register(bm.REG_PLL_PARAMETER, pll.value, c.address))
+        c.frequency_mhz = pll.frequency_mhz
+        await asyncio.sleep(self.timing.command_gap_s)  # write pacing (§1.2)
+
+    async def set_chip_frequency(self, chip: int, mhz: float) -> float:
+        """Tune one chip's clock (an addressed PLL_PARAMETER write); it runs at the current
+        scale of it. Returns the clock its PLL now gives. ValueError: no such chip, or outside
+        the PLL's range."""
+        c = self._stats(chip)
+        if not (math.isfinite(mhz) and bm.PLL_MIN_MHZ <= mhz <= bm.PLL_MAX_MHZ):
+            raise ValueError(
+                f"frequency must be in {bm.PLL_MIN_MHZ:g}..{bm.PLL_MAX_MHZ:g} MHz, got {mhz!r}"
+            )
+        c.tuned_mhz = float(mhz)
+        await self._write_clock(c)
+        return c.frequency_mhz
+
+    async def set_frequency_scale(self, pct: float) -> None:
+        """Run every chip at pct % of its own tuned clock (100: as tuned); the thermal throttle.
+        Gated chips keep their setting and get it when enabled again."""
+        if not (math.isfinite(pct) and 0 < pct <= 100):
+            raise ValueError(f"frequency scale must be in (0, 100] %, got {pct!r}")
+        if abs(pct - self.scale_pct) < 1e-9:
+            return
+        self.scale_pct = float(pct)
+        for c in sorted(self.chips.values(), key=lambda c: c.index):
+            if not c.disabled:
+                await self._write_clock(c)
+
+    async def disable_core(self, chip: int, core: int) -> None:
+        """Clock-gate one core of one chip (CORE_CMD_IN clock enable, data 'off', addressed)."""
+        c = self._stats(chip)
+        if core not in bm.CORES:
+            raise ValueError(f"core must be one of {bm.CORES}, got {core!r}")
+        c.disabled_cores.add(core)
+        self._write(bm.write_register(bm.REG_CORE_CMD_IN, bm.core_clock_value(core, False),
+                                      c.address))  # fmt: skip
+        await asyncio.sleep(self.timing.command_gap_s)
+
+    async def disable_chip(self, chip: int) -> None:
+        """Clock-gate every core of one chip (CORE_CMD_IN, all-cores, addressed). The chip is then
+        left out of the expected rates and HW accounting."""
+        c = self._stats(chip)
+        c.disabled = True
+        c.hashrate_hs = 0.0
+        self._write(bm.write_register(bm.REG_CORE_CMD_IN, bm.chip_clock_value(False), c.address))
+        await asyncio.sleep(self.timing.command_gap_s)
+
+    async def enable_chip(self, chip: int) -> None:
+        """Undo disable_chip: clocks on again (cores gated one by one stay gated), its clock set."""
+        c = self._stats(chip)
+        c.disabled = False
+        self._write(bm.write_register(bm.REG_CORE_CMD_IN, bm.chip_clock_value(True), c.address))
+        for core in sorted(c.disabled_cores):
+            self._write(bm.write_register(bm.REG_CORE_CMD_IN, bm.core_clock_value(core, False),
+                                          c.address))  # fmt: skip
+        await self._write_clock(c)
+
+    async def _restore_tuning(self) -> None:
+        """After a boot: every chip's own clock, the scale and the gating, written again."""
+        for c in sorted(self.chips.values(), key=lambda c: c.index):
+            c.frequency_mhz = self.pll.frequency_mhz
+            if c.tuned_mhz is not None or abs(self.scale_pct - 100.0) > 1e-9:
+                await self._write_clock(c)
+            if c.disabled:
+                value = bm.chip_clock_value(False)
+                self._write(bm.write_register(bm.REG_CORE_CMD_IN, value, c.address))
+            else:
+                for core in sorted(c.disabled_cores):
+                    value = bm.core_clock_value(core, False)
+                    self._write(bm.write_register(bm.REG_CORE_CMD_IN, value, c.address))
+
+    def tuner_sample(
+        self, voltage_v: float, *, temp_c: float | None = None, power_w: float | None = None
+    ) -> ChainSample:
+        """Per-chip cumulative counters for agent.control.tuner.decide (lost chips left out)."""
+        from agent.control.tuner import ChainSample, ChipSample
+
+        chips = tuple(
+            ChipSample(c.index, c.frequency_mhz, c.nonces, c.hw_errors, dict(c.cores))
+            for c in sorted(self.chips.values(), key=lambda c: c.index)
+            if not c.lost and c.frequency_mhz > 0
+        )
+        return ChainSample(self.chain, voltage_v, chips, temp_c, power_w)
 
     @property
     def temp_c(self) -> float | None:
@@ -255,6 +395,9 @@ class Chain:
             "skipped_bytes": self.skipped_bytes,
             "temp_c": self.temp_c,
             "lost_chips": [c.index for c in self.chips.values() if c.lost],
+            "disabled_chips": [c.index for c in self.chips.values() if c.disabled],
+            "scale_pct": self.scale_pct,
+            "expected_hashrate_hs": self.expected_hashrate_hs,
         }
 
     # ------------------------------------------------------------------ port
@@ -514,6 +657,8 @@ class Chain:
             value = bm.core_cmd_value(core, bm.CORE_CMD_CLOCK_ENABLE)
             self._write(bm.write_register(bm.REG_CORE_CMD_IN, value))
             await asyncio.sleep(t.command_gap_s)
+        # Per-chip clocks, the throttle scale and clock gating survive a re-boot.
+        await self._restore_tuning()
         mask = bm.ticket_mask_value(self.ticket_mask)
         self._write(bm.write_register(bm.REG_TICKET_MASK, mask))
         # Reading it back also tells that the chips have taken every boot command.
@@ -691,6 +836,10 @@ class Chain:
             )
             return
         chip.last_seen = time.monotonic()
+        if chip.disabled:  # in flight when it was gated: not its HW accounting
+            chip.gated_nonces += 1
+            self.gated_nonces += 1
+            return
         work = self._slots.get(r.work_id)
         if work is None:
             self.unknown_work += 1
@@ -727,6 +876,10 @@ class Chain:
             hashes = await self._loop.run_in_executor(None, _hash_all, headers)
             for (chip, slot, nonce, work), h in zip(batch, hashes, strict=True):
                 if not scrypt.hash_meets(h, self.ticket_target):
+                    if chip.disabled:  # gated while it was being verified
+                        chip.gated_nonces += 1
+                        self.gated_nonces += 1
+                        continue
                     self._hw(
                         chip,
                         "hw_error",
@@ -749,3 +902,39 @@ class Chain:
 
 def _hash_all(headers: list[bytes]) -> list[bytes]:
     return [scrypt.pow_hash(h) for h in headers]
+
+
+class ChainTuning:
+    """agent.control.tuner.TunerTarget for one chain: clocks and gating through the Chain, the
+    core voltage through `set_voltage` (the board's PIC: Pic.set_voltage). Remembers the voltage
+    it last set (the PIC's 8-bit code is an implementation detail the tuner need not see)."""
+
+    def __init__(
+        self,
+        chain: Chain,
+        set_voltage: Callable[[float], Awaitable[Any] | Any] | None = None,
+        voltage_v: float = D.PIC_VOLTAGE_AT_DEFAULT_V,
+    ) -> None:
+        self.chain = chain
+        self._set_voltage = set_voltage
+        self.voltage_v = voltage_v
+
+    async def set_chip_frequency(self, chip: int, mhz: float) -> None:
+        await self.chain.set_chip_frequency(chip, mhz)
+
+    async def set_voltage(self, volts: float) -> None:
+        if self._set_voltage is None:
+            raise RuntimeError(f"chain {self.chain.chain}: no way to set the voltage")
+        r = self._set_voltage(volts)
+        if inspect.isawaitable(r):
+            await r
+        self.voltage_v = float(volts)
+
+    async def disable_chip(self, chip: int) -> None:
+        await self.chain.disable_chip(chip)
+
+    async def disable_core(self, chip: int, core: int) -> None:
+        await self.chain.disable_core(chip, core)
+
+    def sample(self, *, temp_c: float | None = None, power_w: float | None = None) -> ChainSample:
+        return self.chain.tuner_sample(self.voltage_v, temp_c=temp_c, power_w=power_w)
