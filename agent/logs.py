@@ -2,7 +2,7 @@
 reader `doge-agent logs` uses.
 
     setup = setup_logging(conf)        # replaces any handlers an earlier setup installed
-    setup.file_handler.errors          # write failures (a full disk): counted, never raised
+    setup.file_handler.write_errors          # write failures (a full disk): counted, never raised
 
 Every line of the file is {"time": ISO-8601 UTC, "level", "logger", "message", ...extra fields,
 "exc": traceback text}. Rotation: the file is never grown past `max_bytes` by a record (a record
@@ -107,14 +107,14 @@ class _CountingErrors:
     """handleError that counts instead of printing a traceback per record (a full disk would
     otherwise flood stderr, or raise with logging.raiseExceptions)."""
 
-    errors: int = 0
+    write_errors: int = 0
     last_error: str = ""
 
     def handleError(self, record: logging.LogRecord) -> None:
         exc = sys.exc_info()[1]
-        self.errors += 1
+        self.write_errors += 1
         self.last_error = f"{type(exc).__name__}: {exc}" if exc else "unknown error"
-        if self.errors == 1:  # say it once, on stderr, without going through logging again
+        if self.write_errors == 1:  # say it once, on stderr, without going through logging again
             with contextlib.suppress(Exception):
                 sys.stderr.write(f"doge-agent: cannot write a log record: {self.last_error}\n")
 
@@ -154,7 +154,7 @@ class LogSetup:
 
     @property
     def errors(self) -> int:
-        return sum(h.errors for h in (self.file_handler, self.console_handler)
+        return sum(h.write_errors for h in (self.file_handler, self.console_handler)
                    if isinstance(h, _CountingErrors))  # fmt: skip
 
 
@@ -202,7 +202,7 @@ def setup_logging(
                 handler.addFilter(f)
             root.addHandler(handler)
     root.setLevel(level)
-    log = logging.getLogger("agent.logs")
+    log = root.getChild("agent.logs")
     for problem in problems:
         log.warning("%s; logging to the console only", problem)
     return LogSetup(path, file_handler, console_handler, problems)
