@@ -85,8 +85,8 @@ def _check(inputs: Inputs, n: int) -> None:
 
 
 def chip_power_w(c: ChainInputs) -> float:
-    """One chip's power; zero without DC-DC."""
-    if not c.powered:
+    """One chip's power; zero without DC-DC (or without chips)."""
+    if not c.powered or c.chips == 0:
         return 0.0
     v2 = (c.voltage_v / V_NOMINAL) ** 2
     return (DYNAMIC_W_PER_MHZ * c.freq_mhz + STATIC_W) * v2

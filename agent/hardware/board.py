@@ -254,9 +254,9 @@ class Board:
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        if self._tasks:
+            # asyncio.wait never raises the tasks' CancelledError, and lets ours through.
+            await asyncio.wait(self._tasks)
         self._tasks = []
 
     async def close(self) -> None:

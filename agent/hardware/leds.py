@@ -7,7 +7,6 @@ changes and sleeps until the next change (a steady pattern sleeps until the patt
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 from collections.abc import Callable
@@ -114,7 +113,8 @@ class Led:
                 nxt = next_change(pattern, t)
                 timeout = None if nxt is None else max(0.0, nxt - t)
                 try:
-                    await asyncio.wait_for(self._changed.wait(), timeout)
+                    async with asyncio.timeout(timeout):  # not wait_for: see pic.command
+                        await self._changed.wait()
                 except TimeoutError:
                     continue
                 break  # pattern changed: restart its timing
@@ -127,8 +127,8 @@ class Led:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # asyncio.wait never raises the task's CancelledError, and lets ours through.
+            await asyncio.wait([self._task])
             self._task = None
 
 

@@ -182,8 +182,10 @@ class Pic:
         last = "no attempt"
         for attempt in range(1, self.retries + 1):
             try:
-                async with self._lock:
-                    reply = await asyncio.wait_for(self._transfer(data, cmd.reply), self.timeout_s)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                # that lands as the transfer completes, and the heartbeat task would never stop.
+                async with self._lock, asyncio.timeout(self.timeout_s):
+                    reply = await self._transfer(data, cmd.reply)
             except TimeoutError:
                 last = f"no completion within {self.timeout_s:g} s"
             except OSError as e:
