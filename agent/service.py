@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from agent import __version__, scrypt, selftest
 from agent import defaults as D
+from agent.alerts import AlertHook, AlertOptions
 from agent.config import Config
 from agent.control.thermal import ThermalDecision, ThermalLoop, ThermalOptions
 from agent.hardware.board import Board, BoardError
@@ -86,6 +87,7 @@ class MiningService:
         self.secret_filter = secrets.SecretFilter()
         self.owner_password = ""
         self.pool_entries: list[PoolEntry] = []
+        self.alerts = AlertHook(AlertOptions.from_config(conf.alerts))
         self.paused = False
         self._restart = asyncio.Event()
 
@@ -97,11 +99,13 @@ class MiningService:
         surfaces keep serving."""
         try:
             self._load_secrets()
+            await self.alerts.start()
             if self.serve_surfaces:
                 await self._start_surfaces()
         except StartupError as exc:
             log.error("cannot start: %s", exc)
             await self._stop_surfaces()
+            await self.alerts.stop()
             return 2
         code = 0
         while True:
@@ -119,6 +123,7 @@ class MiningService:
                 break
             log.info("restarting the mining service")
         await self._stop_surfaces()
+        await self.alerts.stop(grace_s=self.alerts.options.timeout_s)
         log.info("stopped cleanly" if code == 0 else "stopped")
         return code
 
@@ -228,8 +233,8 @@ class MiningService:
             if unanswered:
                 log.warning("%d share(s) still unanswered at shutdown: left pending", unanswered)
         if self.pools is not None:
-            await self.pools.stop()
-            self.pools = None
+            pools, self.pools = self.pools, None
+            await pools.stop()
         self._log_status()
 
     def request_restart(self) -> None:
@@ -244,6 +249,7 @@ class MiningService:
         self.paused = True
         self.state.set_guardian("paused", reason)
         log.warning("paused: %s", reason)
+        self.alerts.condition("paused", True, f"mining paused: {reason}")
         if self.remote is None:  # a remote miner stays read while paused
             await self._stop_units()
         if self.board is not None:
@@ -257,6 +263,7 @@ class MiningService:
             await self._remote_mining(True, reason)  # ControlError unless a re-read confirms
         self.paused = False
         self.state.set_guardian("mining", reason)
+        self.alerts.condition("paused", False)
         log.info("resuming: %s", reason)
         if self.board is not None:
             present = self.board.present()
@@ -283,8 +290,8 @@ class MiningService:
     async def rebuild_pools(self) -> None:
         """(Re)start the pool manager on the enabled pools, in priority order."""
         if self.pools is not None:
-            await self.pools.stop()
-            self.pools = None
+            old, self.pools = self.pools, None  # its stop is no "all pools down"
+            await old.stop()
         if self.conf.board.kind == "remote":
             log.info("board.kind = remote: the remote miner mines its own pools; none joined here")
             return
@@ -296,9 +303,16 @@ class MiningService:
         if not specs:
             log.warning("no pool is configured or enabled: nothing will be mined until one is")
             return
-        self.pools = PoolManager(specs, self.pool_options, on_job=self._on_job, state=self.state)
+        self.pools = manager = PoolManager(
+            specs, self.pool_options, on_job=self._on_job, state=self.state,
+            on_active=lambda label: self._on_active_pool(manager, label),
+        )  # fmt: skip
         self.notifier.status("connecting to pools")
         await self.pools.start()
+
+    def _on_active_pool(self, manager: PoolManager, label: str | None) -> None:
+        if manager is self.pools:  # not a manager being stopped
+            self.alerts.condition("pools_down", label is None, "all pools are down")
 
     def pool_stats(self) -> list[Any]:
         return self.pools.stats() if self.pools is not None else []
@@ -424,6 +438,10 @@ class MiningService:
     def _on_chain_event(self, event: ChainEvent) -> None:
         self.events.append(event)
         del self.events[: -D.RECENT_EVENTS]
+        if event.kind in ("chain_dead", "chain_recovered"):
+            self.alerts.condition("chain_dead", event.kind == "chain_dead",
+                                  f"chain {event.chain}: dead: {event.detail}",
+                                  key=f"chain_dead:{event.chain}", chain=event.chain)  # fmt: skip
         if event.kind not in ("hw_error", "stale", "crc_error"):  # the chain logs those itself
             chip = "" if event.chip is None else f" (chip {event.chip})"
             log.info("chain %d: %s%s: %s", event.chain, event.kind, chip, event.detail)
@@ -454,6 +472,14 @@ class MiningService:
                 self._thermal_off.discard(i)
                 log.info("chain %d: power on again: %s", i, action.reason)
                 await board.power_on(i)  # the chain driver re-boots the silent chain itself
+        self._thermal_alerts(d)
+
+    def _thermal_alerts(self, d: ThermalDecision) -> None:
+        """Edge-triggered: the hook fires when a latched flag appears, not on every tick."""
+        hot = [a.reason for a in d.chains if a.code == "overheat"]
+        self.alerts.condition("overheat", "overheat" in d.flags,
+                              "overheat shutdown: " + "; ".join(hot or ["a chain tripped"]))
+        self.alerts.condition("fan_failure", "fan_failed" in d.flags, d.fan_reason)  # fmt: skip
 
     def _exhausted(self, index: int) -> Callable[[Work], None]:
         return lambda _old: self._more_work(self.units[index])
