@@ -56,6 +56,7 @@ from bench import load
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT_S = 60.0
+CLEAN_EVERY = 10  # of the bench's notifies, one in this many is a new block (clean job)
 
 # targets from the issues
 TARGET_WORK_P99_MS = 2.0  # issue 6: notify -> work written to all 4 chains, agent overhead
@@ -342,12 +343,18 @@ class Probe:
 
 
 async def _notifies(pools: PoolThread, seconds: float, interval_s: float) -> int:
-    """A new block (clean job) every ~interval_s from the primary pool for `seconds`."""
+    """A notify every ~interval_s from the primary pool for `seconds`: a new block (clean job)
+    every CLEAN_EVERY-th, updated jobs in between (as a pool sends between blocks; a clean job
+    every interval would make every share in flight stale)."""
     loop = asyncio.get_running_loop()
     end = loop.time() + seconds
     n = 0
     while loop.time() < end:
-        await pools.acall(pools.pools[0].new_block())
+        pool = pools.pools[0]
+        if n % CLEAN_EVERY == 0:
+            await pools.acall(pool.new_block())
+        else:
+            await pools.acall(pool.publish(pool.source.template(pool, False), clean=False))
         n += 1
         await asyncio.sleep(interval_s * (0.8 + 0.4 * (n * 0.618 % 1)))  # no aliasing with ticks
     return n
@@ -427,7 +434,8 @@ async def _in_process(quick: bool) -> dict[str, Any]:
                                   for p in ("idle", "http_load", "cgminer_load", "flood")}
                 out["surfaces"] = {"status_api": http_rps[0], "cgminer_4028": api_rps[0],
                                    "flood": flood}  # fmt: skip
-                out["counts"] = {k: v for k, v in service.shares.counts.items()}
+                out["counts"] = dict(service.shares.counts)
+                out["nonces"] = service.state.snapshot()["nonces"]
         finally:
             stop.set()
             with contextlib.suppress(Exception):
@@ -620,6 +628,35 @@ def _measure_process(conf: Path, env: dict[str, str], threads_file: Path, web: i
     }
 
 
+EMULATOR_ALONE = """
+import asyncio, sys, tempfile, time, psutil
+from agent.emulator.board import EmulatedL3Plus
+async def main(seconds):
+    with tempfile.TemporaryDirectory() as tmp:
+        emu = EmulatedL3Plus(tmp)
+        await emu.start()
+        ps = psutil.Process()
+        await asyncio.sleep(1.0)
+        c0, t0 = sum(ps.cpu_times()[:2]), time.perf_counter()
+        await asyncio.sleep(seconds)
+        cpu = 100 * (sum(ps.cpu_times()[:2]) - c0) / (time.perf_counter() - t0)
+        print(ps.memory_info().rss, cpu)
+        await emu.stop()
+asyncio.run(main(float(sys.argv[1])))
+"""
+
+
+def emulator_alone(seconds: float = 3.0) -> dict[str, Any]:
+    """The emulated L3+ started in a bare interpreter with no driver attached (its chips idle,
+    unaddressed): the memory and CPU the in-process emulator brings to the agent's process."""
+    out = subprocess.run([sys.executable, "-c", EMULATOR_ALONE, str(seconds)], capture_output=True,
+                         text=True, timeout=WAIT_S, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         check=True)  # fmt: skip
+    rss, cpu = out.stdout.split()
+    return {"rss_mb": round(int(rss) / 2**20, 1), "cpu_pct_idle": round(float(cpu), 2),
+            "note": "interpreter + agent.scrypt + emulator, no driver: chips not hashing"}
+
+
 # ------------------------------------------------------------------------------ all
 
 
@@ -634,6 +671,7 @@ def run(quick: bool = False, log: Callable[[str], None] = print) -> dict[str, An
     real = agent_process(1.0, 1.0 if quick else 5.0, 3.0 if quick else 30.0)
     log("mining: agent subprocess at 100x the nonce rate")
     fast = agent_process(100.0, 1.0 if quick else 5.0, 3.0 if quick else 20.0)
+    alone = emulator_alone(1.0 if quick else 3.0)
 
     lat = inp["latency"]
     idle_w = lat["idle"]["notify_to_work_written_4_chains"]
@@ -681,6 +719,8 @@ def run(quick: bool = False, log: Callable[[str], None] = print) -> dict[str, An
         "failover": inp["failover"],
         "process_real_rate": real,
         "process_100x_rate": fast,
+        "emulator_alone": alone,
+        "rss_mb_beyond_emulator_alone": round(real["rss_mb_max"] - alone["rss_mb"], 1),
         "flood_vs_idle": {"p50_ratio": flood_ratio_p50, "p99_ratio": flood_ratio_p99},
         "targets": targets,
     }  # fmt: skip
@@ -705,6 +745,8 @@ def render(m: dict[str, Any]) -> str:
         lines.append(f"{key}: {p['nonces_per_s']} nonces/s, RSS {p['rss_mb_max']} MB, CPU "
                      f"process {p['cpu_pct_process']} %, chips {p['cpu_pct_emulated_chips']} %, "
                      f"agent {p['cpu_pct_agent']} %, first share {p['startup_to_first_share_s']} s")
+    a = m["emulator_alone"]
+    lines.append(f"emulator alone (no driver): RSS {a['rss_mb']} MB, CPU {a['cpu_pct_idle']} %")
     for t in m["targets"]:
         lines.append(f"  {t['name']}: {t['value']} {t['unit']} (target {t['target']}) "
                      f"{t['status']}")

@@ -44,6 +44,7 @@ def test_quick_mining_bench_writes_every_section(tmp_path: Path) -> None:
     for key in ("process_real_rate", "process_100x_rate"):
         assert set(PROCESS) <= set(m[key])
         assert m[key]["exit_code"] == 0
+    assert {"rss_mb", "cpu_pct_idle"} <= set(m["emulator_alone"])
     assert {"p50_ratio", "p99_ratio"} <= set(m["flood_vs_idle"])
     assert len(m["targets"]) == 7
     assert all(t["status"] in ("PASS", "BELOW") for t in m["targets"])
