@@ -299,10 +299,13 @@ async def _run(conf: Config) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    service = MiningService(conf)
+    # SIGHUP: read the config file again; an invalid one keeps the agent on the old config
+    loop.add_signal_handler(signal.SIGHUP, service.request_reload)
     try:
-        return await MiningService(conf).run(stop)
+        return await service.run(stop)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
 
 

@@ -13,17 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import hashlib
 import io
 import logging
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from agent import __version__, scrypt, selftest
 from agent import defaults as D
 from agent.alerts import AlertHook, AlertOptions
-from agent.config import Config
+from agent.config import Config, ConfigError, overlay_path
+from agent.config import load as load_config
 from agent.control.thermal import ThermalDecision, ThermalLoop, ThermalOptions
 from agent.hardware.board import Board, BoardError
 from agent.hardware.chain import Chain, ChainError, ChainEvent
@@ -31,9 +35,10 @@ from agent.hardware.cpu import CpuBoard, Nonce, Work
 from agent.hardware.leds import status_patterns
 from agent.mining.shares import SharePath
 from agent.mining.work import WorkSource
+from agent.persist import StateFile
 from agent.sdnotify import Notifier
 from agent.security import secrets
-from agent.state import State
+from agent.state import State, check_counters
 from agent.stratum.client import Job as PoolJob
 from agent.stratum.pools import PoolManager, PoolOptions, PoolSpec
 from agent.surfaces import PoolEntry, ServiceControls, Surfaces
@@ -52,6 +57,10 @@ class HashingUnit(Protocol):
 
 class StartupError(RuntimeError):
     """The service cannot start; the text says why."""
+
+
+class SupervisionError(RuntimeError):
+    """A background task died too often within the window: the agent exits for systemd."""
 
 
 class MiningService:
@@ -90,6 +99,17 @@ class MiningService:
         self.alerts = AlertHook(AlertOptions.from_config(conf.alerts))
         self.paused = False
         self._restart = asyncio.Event()
+        self._reload = asyncio.Event()  # SIGHUP or a changed config file
+        self.counts: Counter[str] = Counter()  # task deaths, reloads applied and refused
+        self._deaths: dict[str, list[float]] = {}  # task name -> monotonic times it died
+        self._unit_down: dict[int, float] = {}  # dead unit index -> deadline of its restart
+        self._pools_restart: asyncio.Task[None] | None = None
+        self.save_interval_s = D.STATE_SAVE_INTERVAL_S
+        # Fixed for the life of the process: a reload that moves state_dir takes effect at the
+        # next start, so counters are never split between two folders.
+        self.counters_file = StateFile(
+            Path(conf.agent.state_dir) / D.COUNTERS_FILE, "counters", 1, check_counters
+        )
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -107,6 +127,8 @@ class MiningService:
             await self._stop_surfaces()
             await self.alerts.stop()
             return 2
+        self._restore_counters()
+        watcher = asyncio.create_task(self._watch_config(), name="config watch")
         code = 0
         while True:
             try:
@@ -122,6 +144,9 @@ class MiningService:
                 code = 1 if outcome == "failed" else 0
                 break
             log.info("restarting the mining service")
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await watcher
         await self._stop_surfaces()
         await self.alerts.stop(grace_s=self.alerts.options.timeout_s)
         log.info("stopped cleanly" if code == 0 else "stopped")
@@ -199,7 +224,11 @@ class MiningService:
                 await unit.start()
             except ChainError as exc:
                 raise StartupError(str(exc)) from None
-        self._unit_watch = [asyncio.create_task(u.wait()) for u in self.units]
+        self._unit_down.clear()
+        self._unit_watch = [
+            asyncio.create_task(self._supervise_unit(i), name=f"hashing unit {i}")
+            for i in range(len(self.units))
+        ]
 
     async def _stop_units(self) -> None:
         watches, self._unit_watch = self._unit_watch, []
@@ -214,6 +243,9 @@ class MiningService:
     async def shutdown(self) -> None:
         self.ready.clear()
         self.notifier.stopping("stopping")
+        if self._pools_restart is not None:
+            self._pools_restart.cancel()
+            self._pools_restart = None
         if self._thermal_task is not None:
             self._thermal_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -235,6 +267,7 @@ class MiningService:
         if self.pools is not None:
             pools, self.pools = self.pools, None
             await pools.stop()
+        self.save_counters()  # after the drain: the answers that came are in
         self._log_status()
 
     def request_restart(self) -> None:
@@ -254,6 +287,7 @@ class MiningService:
             await self._stop_units()
         if self.board is not None:
             await self.board.power_off_all(reason)
+        self.save_counters()  # a pause may be long, and the power may go in it
         self.show_leds()
 
     async def resume(self, reason: str) -> None:
@@ -323,37 +357,323 @@ class MiningService:
         return self.pools.submit(job, extranonce2, ntime, nonce)
 
     async def _wait(self, stop: asyncio.Event) -> str:
-        """Waits for stop, a restart request or a dead hashing unit; returns which. Meanwhile
-        publishes readings, pings the watchdog and logs the status."""
+        """Waits for stop, a restart request or a background task that died too often; returns
+        which. Meanwhile applies reloads, publishes readings, pings the watchdog (only while no
+        dead unit is overdue for its restart), saves the counters and logs the status."""
         stopper = asyncio.create_task(stop.wait())
         restarter = asyncio.create_task(self._restart.wait())
+        reloader = asyncio.create_task(self._reload.wait())
         ping_s = self.notifier.watchdog_interval_s()
         tick_s = min(ping_s or D.PUBLISH_INTERVAL_S, D.PUBLISH_INTERVAL_S)
-        last_log = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        last_log = last_save = loop.time()
         try:
             while True:
-                watch = {stopper, restarter, *self._unit_watch}
+                watch = {stopper, restarter, reloader, *self._unit_watch}
+                if self._thermal_task is not None:
+                    watch.add(self._thermal_task)
                 done, _ = await asyncio.wait(watch, timeout=tick_s, return_when="FIRST_COMPLETED")
                 if stopper in done:
                     return "stop"
                 if restarter in done:
                     self._restart.clear()
                     return "restart"
+                fired = reloader if reloader in done else None
+                if fired is not None:
+                    self._reload.clear()
+                    reloader = asyncio.create_task(self._reload.wait())
+                    await self.reload()
                 for task in done:
-                    if task.cancelled():
-                        continue  # a paused unit's watch
-                    log.error("a hashing unit stopped: %s", task.exception() or "it returned")
+                    if task is fired or task.cancelled():
+                        continue  # the reload just handled, or a paused unit's watch
+                    # a supervised task ends only when it gave up (or, a bug, when it returned)
+                    log.error("%s", task.exception() or f"{task.get_name()} stopped")
                     return "failed"
-                if ping_s:
+                if self._check_pools() == "failed":
+                    return "failed"
+                if ping_s and self._healthy():
                     self.notifier.watchdog()
                 self._publish()
-                now = asyncio.get_running_loop().time()
+                now = loop.time()
+                if now - last_save >= self.save_interval_s:
+                    last_save = now
+                    await self._save_counters_async()
                 if now - last_log >= D.STATUS_LOG_INTERVAL_S:
                     last_log = now
                     self._log_status()
         finally:
             stopper.cancel()
             restarter.cancel()
+            reloader.cancel()
+
+    # ------------------------------------------------------------------------------ counters
+
+    def _restore_counters(self) -> None:
+        """The counters of earlier runs, once per process (not at an in-place restart)."""
+        saved = self.counters_file.load()
+        if saved is None:
+            return
+        try:
+            self.state.import_counters(saved)
+        except ValueError as exc:  # load() validated them; a mismatch here is a bug, not fatal
+            log.warning("counters in %s not restored: %s", self.counters_file.path, exc)
+            return
+        b = saved["buckets"]
+        log.info(
+            "counters restored from %s: %d nonces, accepted %d, rejected %d; %d share(s) "
+            "pending at the last save were never answered: counted stale",
+            self.counters_file.path, saved["nonces"], b["accepted"], b["rejected"], b["pending"],
+        )  # fmt: skip
+        self.save_counters()  # those pending shares are stale for good: on disk at once
+
+    def save_counters(self) -> bool:
+        """Counters to <state_dir>/counters.json now; False (logged, counted) when not written."""
+        return self.counters_file.save(self.state.export_counters())
+
+    async def _save_counters_async(self) -> None:
+        # The fsyncs may take a while on flash: off the loop, with the snapshot taken on it.
+        data = self.state.export_counters()
+        await asyncio.to_thread(self.counters_file.save, data)
+
+    # ------------------------------------------------------------------------------ supervision
+
+    def _died(self, name: str, why: str) -> float | None:
+        """Log and count a dead task; the backoff before its restart, or None when it died more
+        than D.SUPERVISE_MAX_FAILURES times within D.SUPERVISE_WINDOW_S (then the agent exits
+        non-zero and systemd restarts the whole process)."""
+        now = time.monotonic()
+        times = [t for t in self._deaths.get(name, []) if now - t < D.SUPERVISE_WINDOW_S]
+        times.append(now)
+        self._deaths[name] = times
+        self.counts["task_deaths"] += 1
+        self.counts[f"died: {name}"] += 1
+        if len(times) > D.SUPERVISE_MAX_FAILURES:
+            log.error("%s died %d times within %.0f s (last: %s): giving up", name, len(times),
+                      D.SUPERVISE_WINDOW_S, why)  # fmt: skip
+            self.state.add_event("supervisor", f"{name} keeps dying: the agent exits")
+            return None
+        delay = min(D.SUPERVISE_BACKOFF_MAX_S, D.SUPERVISE_BACKOFF_MIN_S * 2 ** (len(times) - 1))
+        log.error("%s died (%s): restarting it in %.1f s", name, why, delay)
+        # the event text is public: the exception's type only, its text may carry anything
+        self.state.add_event("supervisor", f"{name} died; restarting it in {delay:.1f} s")
+        return delay
+
+    async def _supervise_unit(self, index: int) -> None:
+        """Watches one hashing unit: one that dies is stopped, and started again after a backoff.
+        Ends (with SupervisionError) only when the unit dies too often."""
+        unit = self.units[index]
+        name = f"hashing unit {index}"
+        while True:
+            try:
+                await unit.wait()
+                why = "it stopped by itself"
+            except Exception as exc:  # CancelledError (stop, pause) is not an Exception
+                why = f"{type(exc).__name__}: {exc}"
+            while True:
+                delay = self._died(name, why)
+                if delay is None:
+                    raise SupervisionError(f"{name} keeps dying: {why}")
+                self._unit_down[index] = time.monotonic() + delay + D.SUPERVISE_GRACE_S
+                with contextlib.suppress(Exception):  # CpuBoard.stop re-raises: already logged
+                    await unit.stop()
+                await asyncio.sleep(delay)
+                try:
+                    await unit.start()
+                except Exception as exc:
+                    why = f"restart failed: {type(exc).__name__}: {exc}"
+                    continue
+                break
+            self._unit_down.pop(index, None)
+            log.info("%s restarted", name)
+            if self.work is not None:
+                self._more_work(unit)  # fresh work of the current job, if the pool sent one
+
+    def _healthy(self) -> bool:
+        """False once a dead unit is overdue for its restart: then the watchdog goes unpinged."""
+        now = time.monotonic()
+        return all(deadline > now for deadline in self._unit_down.values())
+
+    async def _keep_alive(
+        self, name: str, run: Callable[[], Awaitable[None]],
+        on_death: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:  # fmt: skip
+        """Runs a loop that should run forever; restarts it with backoff when it dies."""
+        while True:
+            try:
+                await run()
+                why = "it returned"
+            except Exception as exc:
+                why = f"{type(exc).__name__}: {exc}"
+            delay = self._died(name, why)
+            if on_death is not None:
+                with contextlib.suppress(Exception):
+                    await on_death()
+            if delay is None:
+                raise SupervisionError(f"{name} keeps dying: {why}")
+            await asyncio.sleep(delay)
+
+    async def _thermal_down(self) -> None:
+        # Nobody watches the temperatures until the loop is back: fans to full, as for a
+        # missing reading (safe by default).
+        if self.board is not None:
+            self.board.fans.set_duty(100.0)
+
+    def _check_pools(self) -> str | None:
+        """A pool manager task that died (a bug: it retries network faults itself) restarts the
+        pool manager after a backoff; "failed" when that happened too often."""
+        pools = self.pools
+        if pools is None or self._pools_restart is not None:
+            return None
+        stopping = getattr(pools, "_stopping", None)
+        if stopping is not None and stopping.is_set():
+            return None  # a rebuild or a stop in progress: its tasks end on purpose
+        for pool in getattr(pools, "_pools", ()):
+            task = getattr(pool, "task", None)
+            if task is None or not task.done() or task.cancelled():
+                continue
+            error = task.exception()
+            why = f"{type(error).__name__}: {error}" if error else "it returned"
+            delay = self._died(f"pool task {pool.label}", why)
+            if delay is None:
+                return "failed"
+            self._pools_restart = asyncio.create_task(self._restart_pools(delay))
+            break
+        return None
+
+    async def _restart_pools(self, delay: float) -> None:
+        try:
+            await asyncio.sleep(delay)
+            await self.rebuild_pools()
+        except Exception as exc:
+            log.error("restarting the pools failed: %s", exc)
+        finally:
+            self._pools_restart = None
+
+    # ------------------------------------------------------------------------------ hot reload
+
+    def request_reload(self) -> None:
+        """SIGHUP: read the config file again; applied by the service loop between its ticks."""
+        self._reload.set()
+
+    def _config_files(self) -> list[Path]:
+        if not self.conf.sources:
+            return []
+        main = Path(self.conf.sources[0])
+        # the overlay too, even while missing: creating it is a change to apply
+        return [main, overlay_path(main, self.conf.agent.environment)]
+
+    def _config_fingerprint(self) -> tuple[Any, ...]:
+        marks: list[Any] = []
+        for path in self._config_files():
+            try:
+                st = path.stat()
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                marks.append((str(path), st.st_mtime_ns, st.st_size, digest))
+            except FileNotFoundError:
+                marks.append((str(path), None))
+            except OSError as exc:
+                marks.append((str(path), "unreadable", exc.errno))
+        return tuple(marks)
+
+    async def _watch_config(self) -> None:
+        """Polls the config files (mtime, size, sha256; no inotify on every board) and asks for a
+        reload when they changed and then held still for one poll, so that a file an editor
+        writes in two steps is not read half-written."""
+        if not self.conf.sources:
+            return
+        applied = previous = await asyncio.to_thread(self._config_fingerprint)
+        while True:
+            await asyncio.sleep(D.CONFIG_POLL_INTERVAL_S)
+            try:
+                mark = await asyncio.to_thread(self._config_fingerprint)
+            except Exception as exc:  # never let the watcher die on a strange filesystem
+                log.warning("config watch: %s", exc)
+                continue
+            if mark != applied and mark == previous:
+                applied = mark
+                log.info("the config file changed: reloading")
+                self.request_reload()
+            previous = mark
+
+    async def reload(self) -> bool:
+        """Load the config file again and swap it in: live what can change live, a restart of
+        the mining side for the board. An invalid file changes nothing: the agent keeps mining
+        on the config it has, and says why. True when the new config is in use."""
+        if not self.conf.sources:
+            log.warning("reload: the config came from no file; nothing to reload")
+            return False
+        self.notifier.reloading()
+        path = self.conf.sources[0]
+        try:
+            new = await asyncio.to_thread(load_config, path)
+        except ConfigError as exc:
+            return self._refuse(exc.errors)
+        except Exception as exc:  # bad input never crashes the agent
+            return self._refuse([f"{path}: {type(exc).__name__}: {exc}"])
+        return await self._apply_config(new)
+
+    def _refuse(self, errors: list[str]) -> bool:
+        self.counts["reloads_refused"] += 1
+        for error in errors:  # config errors name their key path and never show a secret
+            log.error("config reload refused: %s", error)
+        first = errors[0] if errors else "invalid"
+        more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+        self.state.add_event("config", f"reload refused: {first}{more}")
+        self.notifier.ready()
+        self.notifier.status(f"reload refused: {first}{more}; running on the previous config")
+        return False
+
+    async def _apply_config(self, new: Config) -> bool:
+        old = self.conf
+        if new.agent.state_dir != old.agent.state_dir:
+            log.warning("agent.state_dir changes at the next start of the agent; until then "
+                        "it stays %s", old.agent.state_dir)  # fmt: skip
+            new = dataclasses.replace(
+                new, agent=dataclasses.replace(new.agent, state_dir=old.agent.state_dir)
+            )
+        changed = [
+            f.name for f in dataclasses.fields(Config)
+            if f.name != "sources" and getattr(old, f.name) != getattr(new, f.name)
+        ]  # fmt: skip
+        if not changed:
+            log.info("config reloaded: nothing changed")
+            self.notifier.ready()
+            return True
+        if "pools" in changed or "api" in changed:
+            # passwords first: one that does not decrypt refuses the whole file
+            self.conf = new
+            try:
+                self._load_secrets()
+            except StartupError as exc:
+                self.conf = old
+                return self._refuse([str(exc)])
+        self.conf = new
+        if new.agent.log_level != old.agent.log_level:
+            logging.getLogger().setLevel(new.agent.log_level.upper())
+        if new.thermal != old.thermal and self.thermal is not None:
+            self.thermal.options = ThermalOptions.from_config(new.thermal)
+        if "pools" in changed:
+            # the file wins over pools added or switched through the controls since
+            await self.rebuild_pools()
+        if "api" in changed and self.serve_surfaces:
+            await self._stop_surfaces()
+            try:
+                await self._start_surfaces()
+            except StartupError as exc:
+                log.error("the new [api] cannot be served (%s): back to the previous one", exc)
+                self.conf = dataclasses.replace(self.conf, api=old.api)
+                with contextlib.suppress(StartupError):
+                    self._load_secrets()
+                    await self._start_surfaces()
+        if "board" in changed:
+            self.request_restart()  # the hashing side is rebuilt on the new board settings
+        self.counts["reloads"] += 1
+        what = ", ".join(changed)
+        log.info("config reloaded: %s changed%s", what,
+                 "; restarting the mining side" if "board" in changed else "")  # fmt: skip
+        self.state.add_event("config", f"reloaded: {what} changed")
+        self.notifier.ready(f"config reloaded: {what} changed")
+        return True
 
     # ------------------------------------------------------------------------------ the path
 
@@ -456,7 +776,9 @@ class MiningService:
             apply=self._apply_thermal,
             options=ThermalOptions.from_config(self.conf.thermal),
         )
-        self._thermal_task = asyncio.create_task(self.thermal.run(), name="thermal")
+        self._thermal_task = asyncio.create_task(
+            self._keep_alive("thermal loop", self.thermal.run, self._thermal_down), name="thermal"
+        )
 
     async def _apply_thermal(self, d: ThermalDecision) -> None:
         board = self.board

@@ -255,6 +255,50 @@ class State:
             c.hashes += count
             c.by_hashes.add(count, self._clock())
 
+    # ------------------------------------------------------------------ persisted counters
+
+    def export_counters(self) -> dict[str, Any]:
+        """The cumulative counters, for agent.persist (uptime and rates are not persisted)."""
+        with self._lock:
+            return {
+                "nonces": self.nonces,
+                "buckets": dict(self.buckets),
+                "pools": {
+                    url: {"accepted": p.accepted, "rejected": p.rejected}
+                    for url, p in self.pools.items()
+                },
+                "chains": {
+                    str(c.id): {"nonces": c.nonces, "hw_errors": c.hw_errors, "hashes": c.hashes}
+                    for c in self.chains.values()
+                },
+            }
+
+    def import_counters(self, saved: dict[str, Any]) -> None:
+        """Add counters saved by a previous run to this one's (ValueError if they are not
+        check_counters()-good; nothing is changed then).
+
+        A nonce still pending when they were saved was submitted and never answered (the agent
+        stopped or was killed first): its answer is lost for good, so it is counted `stale` here.
+        That keeps nonces == sum(buckets) true and makes no nonce vanish."""
+        problem = check_counters(saved)
+        if problem:
+            raise ValueError(problem)
+        buckets = dict(saved["buckets"])
+        buckets["stale"] += buckets.pop(PENDING)
+        with self._lock:
+            self.nonces += saved["nonces"]
+            for name, n in buckets.items():
+                self.buckets[name] += n
+            for url, p in saved["pools"].items():
+                ps = self.pools.setdefault(url, PoolState(url=url))
+                ps.accepted += p["accepted"]
+                ps.rejected += p["rejected"]
+            for key, c in saved["chains"].items():
+                cs = self._chain(int(key))
+                cs.nonces += c["nonces"]
+                cs.hw_errors += c["hw_errors"]
+                cs.hashes += c["hashes"]
+
     # ------------------------------------------------------------------ other producers
 
     def set_pool(
@@ -341,3 +385,41 @@ class State:
                 "thermal": dict(self.thermal),
                 "events": [dict(e) for e in reversed(self.events)],  # newest first
             }
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def check_counters(d: Any) -> str | None:
+    """None when `d` is what export_counters() makes (types, ranges, the nonce invariant);
+    otherwise what is wrong, for a warning."""
+    if not isinstance(d, dict):
+        return "counters: not an object"
+    if not _count(d.get("nonces")):
+        return "counters.nonces: not a count"
+    buckets = d.get("buckets")
+    if not isinstance(buckets, dict) or set(buckets) != set(BUCKETS):
+        return f"counters.buckets: must hold exactly {', '.join(BUCKETS)}"
+    for name, n in buckets.items():
+        if not _count(n):
+            return f"counters.buckets.{name}: not a count"
+    if sum(buckets.values()) != d["nonces"]:
+        return "counters: nonces differs from the sum of the buckets"
+    pools = d.get("pools")
+    if not isinstance(pools, dict):
+        return "counters.pools: not an object"
+    for url, p in pools.items():
+        if not isinstance(p, dict) or not all(_count(p.get(k)) for k in ("accepted", "rejected")):
+            return f"counters.pools[{url!r}]: needs accepted and rejected counts"
+    chains = d.get("chains")
+    if not isinstance(chains, dict):
+        return "counters.chains: not an object"
+    for key, c in chains.items():
+        if not (key.isdigit() and len(key) < 4):
+            return f"counters.chains[{key!r}]: not a chain number"
+        if not isinstance(c, dict) or not all(
+            _count(c.get(k)) for k in ("nonces", "hw_errors", "hashes")
+        ):
+            return f"counters.chains[{key!r}]: needs nonces, hw_errors and hashes counts"
+    return None
