@@ -758,6 +758,12 @@ class MiningService:
     def _on_chain_event(self, event: ChainEvent) -> None:
         self.events.append(event)
         del self.events[: -D.RECENT_EVENTS]
+        # A nonce the chain driver rejected itself (bad ticket, unknown work, duplicate, retired
+        # work) never reaches the share path: count it here, so every nonce is in the snapshot.
+        if event.kind in ("hw_error", "unknown_work"):
+            self.state.record_nonce(event.chain, self.conf.board.ticket_difficulty, "hw_errors")
+        elif event.kind == "stale":
+            self.state.record_nonce(event.chain, self.conf.board.ticket_difficulty, "stale")
         if event.kind in ("chain_dead", "chain_recovered"):
             self.alerts.condition("chain_dead", event.kind == "chain_dead",
                                   f"chain {event.chain}: dead: {event.detail}",
