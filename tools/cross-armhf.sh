@@ -8,7 +8,13 @@
 #   2. builds the agent._scrypt extension for armhf against Debian bookworm's armhf Python 3.11
 #      headers, in a private sysroot under .cache/armhf/ (private apt state, `apt-get download`,
 #      `dpkg-deb -x`; no change to the system's dpkg or apt), and imports it in Debian's armhf
-#      python3.11 under qemu to check the vectors through agent.scrypt.
+#      python3.11 under qemu to check the vectors through agent.scrypt;
+#   3. runs the agent itself from that copy of the package in the armhf python3.11 (issue 8's ARM
+#      acceptance): its runtime dependencies come from Debian's armhf packages (python3-serial,
+#      -smbus2, -psutil, -cryptography, -prometheus-client) and must import, then
+#      `python3.11 -m agent selftest` must pass and `python3.11 -m agent demo --board cpu` (the
+#      whole agent on the CPU board against the demo's local pool, ARMHF_DEMO_SECONDS, default 5)
+#      must find nonces that the pool accepts, with no HW errors.
 #
 # usage: tools/cross-armhf.sh [--no-python | --no-selftest]
 # Prints one "OK: ..." line per passed step; exits non-zero on the first failure. A failure to
@@ -137,7 +143,9 @@ fi
 # Debian bookworm's armhf python3.11, its headers and what the interpreter links against.
 PKGS=(libpython3.11-dev python3.11-minimal libpython3.11-minimal libpython3.11-stdlib
     libpython3.11 libc6 zlib1g libexpat1 libffi8 libssl3 libbz2-1.0 liblzma5 libuuid1 libtinfo6
-    libncursesw6 libreadline8 libsqlite3-0 libcrypt1 libgcc-s1 libnsl2 libtirpc3 libdb5.3)
+    libncursesw6 libreadline8 libsqlite3-0 libcrypt1 libgcc-s1 libnsl2 libtirpc3 libdb5.3
+    python3-serial python3-smbus2 python3-psutil python3-cryptography python3-cffi-backend
+    python3-prometheus-client python3-decorator)
 SYSROOT=$CACHE/root
 STAMP="bookworm armhf ${PKGS[*]}"
 
@@ -255,4 +263,40 @@ step "import agent._scrypt under qemu -cpu $PLAIN_CPU (no NEON)"
 out=$(run_py "$PLAIN_CPU" portable 2>&1) || die "armhf Python check without NEON failed: $out"
 printf '%s\n' "$out"
 ok "python extension on $PLAIN_CPU: only portable, matches the vectors ($(elapsed))"
+
+# ---------------------------------------------------------------- 3. the agent on armhf
+agent_arm() { # args of `python3.11 -m agent`, on the NEON CPU
+    (cd "$WORK" && env -u PYTHONHOME PYTHONPATH="$PKG" PYTHONDONTWRITEBYTECODE=1 \
+        "$QEMU" -cpu "$NEON_CPU" -L "$SYSROOT" "$SYSROOT/usr/bin/python3.11" "$@")
+}
+
+step "the agent's runtime dependencies import in armhf python3.11 (Debian's armhf packages)"
+out=$(agent_arm -c '
+import importlib.metadata as md
+import cryptography.fernet, prometheus_client, psutil, serial, smbus2
+from agent.security import secrets
+secrets.SecretBox  # the Fernet box the agent keeps secrets in
+names = ("pyserial", "smbus2", "cryptography", "psutil", "prometheus_client")
+print(", ".join(f"{n} {md.version(n)}" for n in names))
+' 2>&1) || die "armhf runtime dependencies: $out"
+ok "runtime dependencies on armhf: $out ($(elapsed))"
+
+step "python3.11 -m agent selftest under qemu -cpu $NEON_CPU"
+out=$(agent_arm -m agent selftest 2>&1) || die "agent selftest failed on armhf: $out"
+printf '%s\n' "$out"
+grep -qx 'selftest: passed' <<<"$out" || die "agent selftest did not report a pass: $out"
+ok "agent selftest on armhf: passed ($(grep -c ': ok (' <<<"$out") groups of checks) ($(elapsed))"
+
+DEMO_S=${ARMHF_DEMO_SECONDS:-5}
+step "python3.11 -m agent demo --board cpu --seconds $DEMO_S under qemu -cpu $NEON_CPU"
+# the whole agent (service, Stratum client, web and cgminer APIs) on the CPU board, mining
+# against the demo's local pool on loopback
+out=$(agent_arm -m agent demo --board cpu --seconds "$DEMO_S" 2>&1) \
+    || die "agent demo --board cpu failed on armhf: $out"
+printf '%s\n' "$out"
+found=$(sed -n 's/^stopped: \([0-9]*\) nonces, \([0-9]*\) shares accepted.*, \([0-9]*\) HW errors$/\1 \2 \3/p' <<<"$out")
+read -r n_nonces n_accepted n_hw <<<"${found:-0 0 1}"
+[[ $n_nonces -gt 0 && $n_accepted -gt 0 && $n_hw -eq 0 ]] \
+    || die "agent demo on armhf: want nonces, accepted shares and no HW errors: $out"
+ok "agent demo on armhf: CPU board found $n_nonces nonces, $n_accepted shares accepted, 0 HW errors ($(elapsed))"
 ok "armhf steps passed ($(elapsed))"
