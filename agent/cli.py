@@ -477,6 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--rate-scale", type=float, default=1.0, help="multiply the modelled hash rate (default 1)"
     )
     s.set_defaults(func=cmd_emulate)
+
+    from agent import cli_ssh  # status, pools, logs: the maintenance commands for SSH
+
+    cli_ssh.add_parsers(sub)
     return p
 
 
