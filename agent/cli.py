@@ -380,7 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("bench_args", nargs=argparse.REMAINDER)
     s.set_defaults(func=cmd_bench)
 
-    s = sub.add_parser("config", help="configuration tools")
+    s = sub.add_parser(
+        "config",
+        help="configuration tools",
+        description="Configuration tools. check FILE: validate a config file as the agent would "
+        "read it (exit 0 valid, 2 invalid).",
+    )
     actions = s.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     c = actions.add_parser(
         "check",
@@ -391,7 +396,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("file", metavar="FILE", type=Path)
     c.set_defaults(func=cmd_config_check)
 
-    s = sub.add_parser("secrets", help="secrets at rest (pool passwords, API credentials)")
+    s = sub.add_parser(
+        "secrets",
+        help="secrets at rest (pool passwords, API credentials)",
+        description="Secrets at rest. encrypt: read a secret from stdin or a no-echo prompt and "
+        "print a password_enc token for the config file.",
+    )
     actions = s.add_subparsers(dest="secrets_command", metavar="ACTION", required=True)
     c = actions.add_parser(
         "encrypt",
