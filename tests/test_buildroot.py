@@ -349,3 +349,67 @@ def test_overlay_config_is_valid_for_the_l3plus() -> None:
     port = conf["api"]["http_listen"].rsplit(":", 1)[1]
     service = (ROOT / "systemd" / "doge-agent-confirm.service").read_text()
     assert f"DOGE_AGENT_HEALTH_URL=http://127.0.0.1:{port}/api/health" in service
+
+
+STUB_MK = """\
+# Buildroot's few helpers that the .mk files use, and python-package as a no-op
+BR2_EXTERNAL_DOGE_AGENT_PATH := {br}
+INSTALL := install
+PYTHON3_VERSION_MAJOR := 3.12
+define sep
+
+
+endef
+python-package :=
+include $(BR2_EXTERNAL_DOGE_AGENT_PATH)/external.mk
+
+.PHONY: version deps install
+version:
+\t@echo $(DOGE_AGENT_VERSION) $(PYTHON_PROMETHEUS_CLIENT_VERSION)
+deps:
+\t@echo $(DOGE_AGENT_DEPENDENCIES)
+install:
+\t$(DOGE_AGENT_INSTALL_INIT_SYSTEMD)
+\t$(foreach h,$(DOGE_AGENT_POST_INSTALL_TARGET_HOOKS),$($(h))$(sep))
+"""
+
+
+def test_mk_files_evaluate_and_install_with_gnu_make(tmp_path: Path) -> None:
+    """GNU make reads the .mk files (with Buildroot's helpers stubbed), computes the version from
+    agent/__init__.py, and the install recipes put the units, sysusers, tmpfiles, preset and
+    profiles where a target root expects them (run here from this checkout as $(@D))."""
+    make = require_peer("make")
+    stub = tmp_path / "stub.mk"
+    stub.write_text(STUB_MK.format(br=BR))
+
+    def run(*args: str) -> str:
+        res = subprocess.run(
+            [make, "--no-print-directory", "-C", str(ROOT), "-f", str(stub), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert res.returncode == 0, res.stdout + res.stderr
+        return res.stdout
+
+    from agent import __version__
+
+    assert run("version").split() == [__version__, "0.21.1"]
+    assert "python-prometheus-client" in run("deps").split()
+    target = tmp_path / "target"
+    run("install", f"TARGET_DIR={target}")
+    for rel in (
+        "usr/lib/systemd/system/doge-agent.service",
+        "usr/lib/systemd/system/doge-agent-confirm.service",
+        "usr/lib/systemd/system/doge-agent-confirm.timer",
+        "usr/lib/sysusers.d/doge-agent.conf",
+        "usr/lib/tmpfiles.d/doge-agent.conf",
+        "usr/share/doge-agent/port-80.conf",
+        "usr/lib/python3.12/site-packages/board/profiles/l3plus.toml",
+    ):
+        assert (target / rel).is_file(), rel
+    preset = (target / "usr/lib/systemd/system-preset/80-doge-agent.preset").read_text()
+    assert preset.split("\n")[:2] == [
+        "enable doge-agent.service",
+        "enable doge-agent-confirm.timer",
+    ]

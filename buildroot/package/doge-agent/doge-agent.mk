@@ -13,9 +13,9 @@ DOGE_AGENT_LICENSE = MIT
 # the host's build products, caches and tooling stay out of the copied source: above all a
 # host-built agent/_scrypt*.so must never reach the wheel in place of the cross-built one
 DOGE_AGENT_OVERRIDE_SRCDIR_RSYNC_EXCLUSIONS = \
-	--exclude .git --exclude .venv --exclude .cache --exclude build --exclude dist \
-	--exclude '*.egg-info' --exclude __pycache__ --exclude '*.so' --exclude '*.o' \
-	--exclude tests --exclude bench --exclude buildroot --exclude output
+	--exclude /.git --exclude /.venv --exclude /.cache --exclude /build --exclude /dist \
+	--exclude /tests --exclude /bench --exclude /buildroot --exclude /output \
+	--exclude '*.egg-info' --exclude __pycache__ --exclude '*.so' --exclude '*.o'
 
 # setup.cfg + a short setup.py that builds the C scrypt core as agent._scrypt with the target
 # compiler (the infrastructure passes CC, CFLAGS, LDSHARED and the target's sysconfig data).
@@ -52,7 +52,7 @@ define DOGE_AGENT_INSTALL_INIT_SYSTEMD
 	$(INSTALL) -D -m 0644 $(@D)/systemd/doge-agent.tmpfiles \
 		$(TARGET_DIR)/usr/lib/tmpfiles.d/doge-agent.conf
 	# the port-80 drop-in is an option: shipped as an example, enabled by copying it to /etc
-	$(INSTALL) -D -m 0644 $(@D)/systemd/doge-agent.service.d/port-80.conf \
+	$(INSTALL) -D -m 0644 $(@D)/systemd/doge-agent.service.d/port-80.conf.example \
 		$(TARGET_DIR)/usr/share/doge-agent/port-80.conf
 	mkdir -p $(TARGET_DIR)/usr/lib/systemd/system-preset
 	printf 'enable doge-agent.service\nenable doge-agent-confirm.timer\n' \
