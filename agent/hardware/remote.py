@@ -62,7 +62,7 @@ def load_pyasic() -> Any:
 class BoardReading:
     slot: int
     chips: int | None
-    hashrate_hs: float | None
+    hashrate_hs: float | None  # the summary total (GHS 5s), else the sum of the boards
     temp_c: float | None
     chip_temp_c: float | None
     missing: bool
@@ -82,7 +82,7 @@ class PoolReading:
 class RemoteReading:
     """One get_data() of the remote miner, in our units (H/s, degrees C, rpm, seconds)."""
 
-    hashrate_hs: float | None
+    hashrate_hs: float | None  # the summary total (GHS 5s), else the sum of the boards
     boards: list[BoardReading] = field(default_factory=list)
     fans_rpm: list[int | None] = field(default_factory=list)
     pools: list[PoolReading] = field(default_factory=list)
@@ -141,7 +141,7 @@ def reading_from_data(data: Any) -> RemoteReading:
     device = getattr(data, "device_info", None)
     model = getattr(device, "model", None) if device is not None else None
     return RemoteReading(
-        hashrate_hs=_hs(getattr(data, "hashrate", None)),
+        hashrate_hs=_hs(getattr(data, "raw_hashrate", None) or getattr(data, "hashrate", None)),
         boards=boards, fans_rpm=fans, pools=pools,
         uptime_s=int(uptime) if isinstance(uptime, int | float) else None,
         is_mining=getattr(data, "is_mining", None),
@@ -246,6 +246,13 @@ class RemoteMiner:
             self._exclude = ["mac", "config"]
             data = await self._call(miner.get_data(exclude=self._exclude))
         reading = reading_from_data(data)
+        if (
+            reading.hashrate_hs is None
+            and reading.uptime_s is None
+            and not any(b.chips for b in reading.boards)
+        ):
+            # pyasic swallows failed calls and returns empty fields: no data is no answer
+            raise RemoteError(f"{self.host} answered no mining data")
         with contextlib.suppress(Exception):
             # get_data() of the old Antminer class never asks the web page whether it mines
             reading.is_mining = await self._call(miner.is_mining())
@@ -295,9 +302,15 @@ class RemoteMiner:
         self._hashes_at = now
         boards = r.boards
         if boards:
-            rates = [b.hashrate_hs for b in boards]
-            if any(x is None for x in rates):  # no per-board rates: share the total out
-                rates = [(r.hashrate_hs or 0.0) / len(boards)] * len(boards)
+            # the total from the miner's summary, split in the boards' proportions: per-board
+            # rates come rounded (chain_rateN has 6 decimals of GH/s), the summary less so
+            rates = [b.hashrate_hs or 0.0 for b in boards]
+            total = r.hashrate_hs if r.hashrate_hs is not None else sum(rates)
+            share = sum(rates)
+            if share > 0:
+                rates = [total * x / share for x in rates]
+            else:
+                rates = [total / len(boards)] * len(boards)
             for b, rate in zip(boards, rates, strict=True):
                 temp = b.temp_c if b.temp_c is not None else b.chip_temp_c
                 self._credit(b.slot, rate, dt, chips=0 if b.missing else (b.chips or 0),
@@ -357,9 +370,7 @@ class RemoteMiner:
                 try:
                     miner = await self._identify()
                     await self._send_mining(miner, mining)
-                except RemoteError:
-                    raise
-                except Exception as exc:
+                except Exception as exc:  # unreachable, a refused write, a timeout
                     last = f"the {verb} call failed: {exc or type(exc).__name__}"
                     log.warning("remote miner at %s: %s (try %d)", self.host, last, attempt)
                     self.miner = None
