@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 EXT    := agent/_scrypt$(shell $(PYTHON) -c "import sysconfig;print(sysconfig.get_config_var('EXT_SUFFIX'))")
 CSRC   := $(wildcard cext/*.c cext/*.h)
 
-.PHONY: all venv build test lint demo bench fuzz clean
+.PHONY: all venv build test lint demo bench fuzz clean soak
 
 all: build
 
@@ -39,6 +39,9 @@ bench: build
 
 fuzz: build
 	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests -k "property or fuzz or hostile"
+
+soak: build
+	$(PY) bench/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf build *.egg-info agent/_scrypt*.so bench/out

@@ -1,0 +1,234 @@
+"""`make soak`: the emulated L3+ mining against the local pool for minutes (or hours), with pool
+restarts and random chip faults, sampled every few seconds; a table and bench/soak.json.
+
+Usage: .venv/bin/python bench/soak.py [--minutes N] [--hours H] [--sample-s S]
+       [--pool-restart-s S] [--pool-down-s S] [--fault-s S] [--seed N] [--json PATH]
+
+Figures (a benchmark reports, it does not pass or fail): RSS and its growth (least-squares slope
+over the samples after the warm-up, MB/hour), CPU % of one core, task restarts (the service's
+task-death counter), nonces the emulated chips emitted versus nonces the agent accounted for
+(nonces == accepted + rejected + stale + below_target + hw_errors + pending, checked at every
+sample), and the stale-share rate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import logging
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script: make the in-place built `agent` importable
+
+from agent.config import loads  # noqa: E402
+from agent.emulator.pool import FixedDifficulty, StratumPool  # noqa: E402
+from agent.sdnotify import Notifier  # noqa: E402
+from agent.service import MiningService  # noqa: E402
+from agent.stratum.client import ClientOptions  # noqa: E402
+from agent.stratum.pools import PoolOptions  # noqa: E402
+
+POOL_DIFFICULTY = 1 / 256
+WARMUP_FRACTION = 0.2  # RSS growth is fitted after this share of the run (imports, caches)
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench/soak.py", description=__doc__.splitlines()[0])
+    p.add_argument("--minutes", type=float, default=5.0)
+    p.add_argument("--hours", type=float, default=None, help="overrides --minutes")
+    p.add_argument("--sample-s", type=float, default=5.0)
+    p.add_argument("--pool-restart-s", type=float, default=120.0, help="pool killed this often")
+    p.add_argument("--pool-down-s", type=float, default=5.0, help="and down this long")
+    p.add_argument("--fault-s", type=float, default=15.0, help="a random chip fault this often")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--json", metavar="PATH", default=str(ROOT / "bench" / "soak.json"))
+    return p.parse_args(argv)
+
+
+def slope_per_hour(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of (seconds, value) points, per hour."""
+    if len(points) < 2:
+        return 0.0
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    if sxx == 0:
+        return 0.0
+    sxy = sum((x - mx) * (y - my) for x, y in points)
+    return sxy / sxx * 3600.0
+
+
+class Soak:
+    def __init__(self, args: argparse.Namespace, state_dir: Path) -> None:
+        self.args = args
+        self.duration_s = (args.hours * 3600.0) if args.hours else args.minutes * 60.0
+        self.rng = random.Random(args.seed)
+        self.state_dir = state_dir
+        self.pool = StratumPool(policy=FixedDifficulty(POOL_DIFFICULTY))
+        self.samples: list[dict[str, Any]] = []
+        self.faults: dict[str, int] = {}
+        self.pool_restarts = 0
+        self.invariant_breaks = 0
+        self.proc = psutil.Process()
+
+    def _fault(self, kind: str) -> None:
+        self.faults[kind] = self.faults.get(kind, 0) + 1
+
+    async def _pool_restarts(self) -> None:
+        while True:
+            await asyncio.sleep(self.args.pool_restart_s)
+            port = self.pool.port
+            await self.pool.stop()
+            await asyncio.sleep(self.args.pool_down_s)
+            self.pool = StratumPool(port=port, policy=FixedDifficulty(POOL_DIFFICULTY))
+            await self.pool.start()
+            self.pool_restarts += 1
+
+    async def _chip_faults(self, emulator: Any) -> None:
+        chains = emulator.chips.chains
+        while True:
+            await asyncio.sleep(self.args.fault_s)
+            chain = self.rng.choice(chains)
+            kind = self.rng.choice(("vanish", "noise", "bad_nonces"))
+            self._fault(kind)
+            if kind == "vanish":
+                gone = self.rng.sample(range(len(chain._chips)), self.rng.randint(1, 8))
+                for p in gone:
+                    chain.vanish(p)
+                await asyncio.sleep(min(10.0, self.args.fault_s / 2))
+                for p in gone:
+                    chain.restore(p)
+            elif kind == "noise":
+                chain.noise(self.rng.randint(16, 256))
+            else:
+                chain.bad_nonces(self.rng.randint(1, 5))
+
+    def _sample(self, service: MiningService, emulator: Any, t0: float) -> dict[str, Any]:
+        snap = service.state.snapshot()
+        s = snap["shares"]
+        if snap["nonces"] != sum(s.values()):
+            self.invariant_breaks += 1
+        row = {
+            "t_s": round(time.monotonic() - t0, 1),
+            "rss_mb": round(self.proc.memory_info().rss / 1e6, 2),
+            "cpu_pct": round(self.proc.cpu_percent(None), 1),
+            "task_restarts": int(service.counts.get("task_deaths", 0)),
+            "emitted": sum(c.stats.nonces_out for c in emulator.chips.chains),
+            "nonces": snap["nonces"],
+            "hashrate_hs": round(snap["hashrate_hs"], 1),
+            **s,
+        }
+        self.samples.append(row)
+        return row
+
+    async def run(self) -> dict[str, Any]:
+        await self.pool.start()
+        conf = loads(
+            '[api]\nhttp_listen = "127.0.0.1:0"\ncgminer_listen = "127.0.0.1:0"\n'
+            f'[agent]\nstate_dir = "{self.state_dir}"\n'
+            f'[[pools]]\nurl = "stratum+tcp://127.0.0.1:{self.pool.port}"\nuser = "soak.1"\n'
+            '[board]\nkind = "emulated"\nchains = 4\nchips_per_chain = 72\n'
+        )
+        options = PoolOptions(
+            backoff_base_s=0.2, backoff_cap_s=2.0, client=ClientOptions(submit_timeout_s=5.0)
+        )
+        service = MiningService(conf, notifier=Notifier({}), pool_options=options)
+        stop = asyncio.Event()
+        runner = asyncio.create_task(service.run(stop))
+        await asyncio.wait_for(service.ready.wait(), 120)
+        emulator = service.emulator
+        t0 = time.monotonic()
+        self.proc.cpu_percent(None)
+        helpers = [
+            asyncio.create_task(self._pool_restarts()),
+            asyncio.create_task(self._chip_faults(emulator)),
+        ]
+        print(f"{'t_s':>7} {'rss_mb':>7} {'cpu%':>6} {'H/s':>7} {'emitted':>8} {'nonces':>8} "
+              f"{'accepted':>8} {'stale':>6} {'hw':>5} {'pending':>7} {'restarts':>8}")  # fmt: skip
+        try:
+            while time.monotonic() - t0 < self.duration_s and not runner.done():
+                await asyncio.sleep(self.args.sample_s)
+                r = self._sample(service, emulator, t0)
+                print(f"{r['t_s']:>7} {r['rss_mb']:>7} {r['cpu_pct']:>6} {r['hashrate_hs']:>7} "
+                      f"{r['emitted']:>8} {r['nonces']:>8} {r['accepted']:>8} {r['stale']:>6} "
+                      f"{r['hw_errors']:>5} {r['pending']:>7} {r['task_restarts']:>8}",
+                      flush=True)  # fmt: skip
+        finally:
+            for h in helpers:
+                h.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+        for chain in emulator.chips.chains:  # every chip back before the final count
+            for p in range(len(chain._chips)):
+                chain.restore(p)
+        # let the lines and the pool settle: pending answered, every emitted nonce read
+        deadline = time.monotonic() + 30
+        emitted = sum(c.stats.nonces_out for c in emulator.chips.chains)
+        while time.monotonic() < deadline:
+            snap = service.state.snapshot()
+            if snap["shares"]["pending"] == 0 and snap["nonces"] >= emitted:
+                break
+            await asyncio.sleep(0.2)
+        self._sample(service, emulator, t0)
+        task_alive = not runner.done()
+        stop.set()
+        code = await asyncio.wait_for(runner, 120)  # chains stopped: the chips' count is final
+        await self.pool.stop()
+        final = self._sample(service, emulator, t0)
+        return self._report(final, task_alive, code)
+
+    def _report(self, final: dict[str, Any], alive: bool, code: int) -> dict[str, Any]:
+        t_end = final["t_s"]
+        fit = [(r["t_s"], r["rss_mb"]) for r in self.samples if r["t_s"] >= WARMUP_FRACTION * t_end]
+        rss = [r["rss_mb"] for r in self.samples]
+        cpu = [r["cpu_pct"] for r in self.samples[:-1]] or [0.0]
+        shares = final["accepted"] + final["rejected"] + final["stale"]
+        return {
+            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "duration_s": t_end,
+            "board": "emulated L3+ (4 x 72 BM1485), ticket 1/1024; local pool, difficulty 1/256",
+            "load_before": [round(x, 2) for x in psutil.getloadavg()],
+            "rss_mb": {"start": rss[0], "end": rss[-1], "max": max(rss)},
+            "rss_growth_mb_per_hour": round(slope_per_hour(fit), 2),
+            "rss_growth_mb_over_run": round(rss[-1] - rss[0], 2),
+            "cpu_pct": {"mean": round(sum(cpu) / len(cpu), 1), "max": max(cpu)},
+            "task_restarts": final["task_restarts"],
+            "run_task_alive_at_end": alive,
+            "exit_code": code,
+            "pool_restarts": self.pool_restarts,
+            "chip_faults": self.faults,
+            "nonces_emitted_by_chips": final["emitted"],
+            "nonces_accounted": final["nonces"],
+            # chip nonces the agent never counted (a negative figure: line noise decoded as
+            # nonces, each one counted as a HW error)
+            "nonces_unaccounted": final["emitted"] - final["nonces"],
+            "buckets": {k: final[k] for k in
+                        ("accepted", "rejected", "stale", "below_target", "hw_errors", "pending")},
+            "invariant_breaks": self.invariant_breaks,
+            "stale_share_rate": round(final["stale"] / shares, 4) if shares else 0.0,
+            "samples": self.samples,
+        }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    with tempfile.TemporaryDirectory(prefix="doge-soak-") as tmp:
+        report = asyncio.run(Soak(args, Path(tmp)).run())
+    summary = {k: v for k, v in report.items() if k != "samples"}
+    print(json.dumps(summary, indent=1))
+    Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    print(f"written {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
