@@ -327,3 +327,7 @@ SUPERVISE_MAX_FAILURES = 5
 SUPERVISE_WINDOW_S = 300.0
 # a dead unit still not running this long after its planned restart stops the watchdog pings
 SUPERVISE_GRACE_S = 10.0
+# the guardian's nominal hashrate before one is measured: a CPU board times this many scan
+# batches at start (a few ms); a BM1485 does 504 MH/s / (288 chips x 384.375 MHz) per clock
+NOMINAL_TIMING_BATCHES = 4
+BM1485_HASHES_PER_CLOCK = 504e6 / (288 * 384.375e6)

@@ -28,6 +28,7 @@ from agent import defaults as D
 from agent.alerts import AlertHook, AlertOptions
 from agent.config import Config, ConfigError, overlay_path
 from agent.config import load as load_config
+from agent.control.guardian import GuardianLoop, GuardianOptions
 from agent.control.thermal import ThermalDecision, ThermalLoop, ThermalOptions
 from agent.hardware.board import Board, BoardError
 from agent.hardware.chain import Chain, ChainError, ChainEvent
@@ -98,6 +99,9 @@ class MiningService:
         self.pool_entries: list[PoolEntry] = []
         self.alerts = AlertHook(AlertOptions.from_config(conf.alerts))
         self.paused = False
+        self.paused_by: str | None = None
+        self.guardian: GuardianLoop | None = None
+        self._guardian_task: asyncio.Task[None] | None = None
         self._restart = asyncio.Event()
         self._reload = asyncio.Event()  # SIGHUP or a changed config file
         self.counts: Counter[str] = Counter()  # task deaths, reloads applied and refused
@@ -212,6 +216,8 @@ class MiningService:
             await self._start_units()
         if self.board is not None:
             self._start_thermal()
+        if conf.guardian.enabled:
+            self._start_guardian()
         await self.rebuild_pools()
         self._publish()  # the chains are in the snapshot before the first tick
         self.ready.set()
@@ -230,6 +236,60 @@ class MiningService:
             for i in range(len(self.units))
         ]
 
+    def _start_guardian(self) -> None:
+        options = GuardianOptions.from_config(self.conf.guardian)
+        price_path = Path(self.conf.agent.state_dir) / options.price_file  # absolute stays
+        loop: GuardianLoop
+
+        def why() -> str:
+            return f"guardian: {loop.last.reason}" if loop.last else "guardian"
+
+        loop = GuardianLoop(
+            read_hashrate=lambda: self.state.snapshot()["hashrate_hs"],
+            read_power=self._power_w,
+            pause=lambda: self.pause(why(), by="guardian"),
+            resume=lambda: self.resume(why(), by="guardian"),
+            price_path=price_path,
+            options=options,
+            read_nbits=self._nbits,
+            # until a hashrate is measured while mining; without it a board that starts
+            # unprofitable would be judged at 0 H/s and never resumed
+            nominal_hashrate_hs=self._nominal_hashrate_hs(),
+        )
+        self.guardian = loop
+        self._guardian_task = asyncio.create_task(self._run_guardian(loop), name="guardian")
+
+    async def _run_guardian(self, loop: GuardianLoop) -> None:
+        while True:
+            decision = await loop.tick()
+            if self.paused_by != "owner":  # the owner's pause is what the snapshot shows then
+                self.state.set_guardian(decision.state, decision.reason)
+            await asyncio.sleep(loop.options.interval_s)
+
+    def _nominal_hashrate_hs(self) -> float:
+        """What the hashing side should do: timed on the CPU board, from the chips' clock and
+        count on a chip board (the L3+ nameplate: 504 MH/s from 288 chips at 384 MHz)."""
+        board = self.conf.board
+        if board.kind == "cpu":
+            count = scrypt.lanes() * D.NOMINAL_TIMING_BATCHES
+            started = time.perf_counter()
+            scrypt.scan(bytes(80), 0, count, 0)
+            return board.threads * count / (time.perf_counter() - started)
+        chains = [c for c in (self.board.chains if self.board else []) if c is not None]
+        chips = sum(c.chip_count for c in chains) or board.chains * board.chips_per_chain
+        mhz = chains[0].frequency_mhz if chains else D.BM1485_FREQUENCY_MHZ
+        return chips * mhz * 1e6 * D.BM1485_HASHES_PER_CLOCK
+
+    def _power_w(self) -> float | None:
+        """Measured or modelled wall power; None lets the guardian use its configured watts."""
+        if self.emulator is not None:
+            return float(self.emulator.peripherals.thermal.wall_w())
+        return None
+
+    def _nbits(self) -> int | None:
+        job = self.work.current_job if self.work is not None else None
+        return job.notify.nbits if job is not None else None
+
     async def _stop_units(self) -> None:
         watches, self._unit_watch = self._unit_watch, []
         for task in watches:
@@ -246,11 +306,12 @@ class MiningService:
         if self._pools_restart is not None:
             self._pools_restart.cancel()
             self._pools_restart = None
-        if self._thermal_task is not None:
-            self._thermal_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._thermal_task
-            self._thermal_task = None
+        for task in (self._thermal_task, self._guardian_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._thermal_task = self._guardian_task = None
         await self._stop_units()
         self.remote = None  # a stopped agent leaves the remote miner as it is
         if self.board is not None:
@@ -273,13 +334,17 @@ class MiningService:
     def request_restart(self) -> None:
         self._restart.set()
 
-    async def pause(self, reason: str) -> None:
-        """Hashing stopped and chains powered down; pools stay connected."""
+    async def pause(self, reason: str, by: str = "owner") -> None:
+        """Hashing stopped and chains powered down; pools stay connected. `by` is "owner" or
+        "guardian": the guardian never resumes what the owner paused."""
         if self.paused:
+            if by == "owner":
+                self.paused_by = "owner"
             return
         if self.remote is not None:
             await self._remote_mining(False, reason)  # ControlError unless a re-read confirms
         self.paused = True
+        self.paused_by = by
         self.state.set_guardian("paused", reason)
         log.warning("paused: %s", reason)
         self.alerts.condition("paused", True, f"mining paused: {reason}")
@@ -290,12 +355,16 @@ class MiningService:
         self.save_counters()  # a pause may be long, and the power may go in it
         self.show_leds()
 
-    async def resume(self, reason: str) -> None:
+    async def resume(self, reason: str, by: str = "owner") -> None:
         if not self.paused:
+            return
+        if by == "guardian" and self.paused_by == "owner":
+            log.info("guardian would resume, but the owner paused mining: staying paused")
             return
         if self.remote is not None:
             await self._remote_mining(True, reason)  # ControlError unless a re-read confirms
         self.paused = False
+        self.paused_by = None
         self.state.set_guardian("mining", reason)
         self.alerts.condition("paused", False)
         log.info("resuming: %s", reason)

@@ -290,3 +290,60 @@ def test_surfaces_and_controls_of_a_running_agent(tmp_path: Path) -> None:
         await pool.stop()
 
     asyncio.run(main())
+
+
+def test_guardian_pauses_and_resumes_the_running_agent(tmp_path: Path) -> None:
+    """Prices in the local cache file cross the threshold: the agent pauses hashing (pools kept)
+    and resumes; an owner's pause is never lifted by the guardian."""
+    import json
+
+    prices = tmp_path / "prices.json"
+
+    def set_price(ltc_usd: float) -> None:
+        prices.write_text(json.dumps({"litecoin": {"usd": ltc_usd}, "dogecoin": {"usd": 1e-9}}))
+
+    async def wait_for(cond, what: str) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT_S
+        while not cond():
+            assert loop.time() < deadline, what
+            await asyncio.sleep(0.05)  # polling state against a deadline
+
+    async def main() -> None:
+        pool = StratumPool(policy=FixedDifficulty(1 / 64))
+        await pool.start()
+        set_price(0.01)  # at the local pool's easy nBits: ~0.1 USD/day against 1.9 USD/day power
+        conf = loads(
+            cpu_config(tmp_path, f"stratum+tcp://127.0.0.1:{pool.port}")
+            + '[guardian]\nenabled = true\nmin_dwell_s = 0\ninterval_s = 1\n'
+            'electricity_usd_kwh = 0.1\nwatts_default = 800\n'
+        )
+        service = MiningService(conf, notifier=Notifier({}))
+        stop = asyncio.Event()
+        runner = asyncio.create_task(service.run(stop))
+        await asyncio.wait_for(service.ready.wait(), WAIT_S)
+        await wait_for(lambda: service.paused, "the guardian never paused")
+        assert service.paused_by == "guardian"
+        snap = service.state.snapshot()
+        assert snap["guardian"]["state"] == "paused" and "guardian" in str(snap["guardian"])
+        await wait_for(lambda: service.pools is not None and service.pools.active is not None,
+                       "pools are kept connected while paused")  # fmt: skip
+        set_price(10.0)
+        await wait_for(lambda: not service.paused, "the guardian never resumed")
+        before = service.state.snapshot()["nonces"]
+        await wait_for(lambda: service.state.snapshot()["nonces"] > before, "no nonce after resume")
+        await service.controls.pause("owner")
+        set_price(0.01)
+        guardian = service.guardian
+        assert guardian is not None
+        await wait_for(lambda: guardian.last is not None and guardian.last.state == "paused",
+                       "the guardian did not see the low price")  # fmt: skip
+        set_price(10.0)
+        await wait_for(lambda: guardian.last is not None and guardian.last.state == "mining",
+                       "the guardian did not see the high price")  # fmt: skip
+        assert service.paused and service.paused_by == "owner"  # the owner's pause holds
+        stop.set()
+        assert await asyncio.wait_for(runner, WAIT_S) == 0
+        await pool.stop()
+
+    asyncio.run(main())
