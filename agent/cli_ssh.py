@@ -386,8 +386,12 @@ def cmd_logs(args: argparse.Namespace, out: TextIO) -> int:
     from agent import logs
 
     path = log_file(args)
-    if not logs.files_oldest_first(path) and not args.follow:
+    found = logs.files_oldest_first(path)
+    if not found and not args.follow:
         raise CliError(f"no log file at {path} (give --file or -c FILE)")
+    unreadable = [p for p in found if not os.access(p, os.R_OK)]
+    if unreadable:
+        raise CliError(f"cannot read {unreadable[0]}: permission denied (try sudo)")
     colour = Paint(out).on
     for entry in logs.tail(path, args.lines, args.level, args.since):
         print(logs.render(entry, colour), file=out)
