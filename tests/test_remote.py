@@ -196,3 +196,105 @@ def test_remote_without_pyasic_names_the_extra(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(remote.importlib, "import_module", lambda n: no_pyasic(n))
     with pytest.raises(RuntimeError, match=r"pip install doge-agent\[remote\]"):
         remote.load_pyasic()
+
+
+# ------------------------------------------------------------------ control, without a network
+
+
+class LyingMiner:
+    """A miner whose control calls all report success and change nothing (pyasic's trap)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def stop_mining(self) -> bool:
+        self.calls.append("stop_mining")
+        return True
+
+    async def resume_mining(self) -> bool:
+        self.calls.append("resume_mining")
+        return True
+
+    async def is_mining(self) -> bool:
+        return True
+
+
+def make_remote(miner: object) -> object:
+    from agent.hardware.remote import RemoteMiner
+    from agent.state import State
+
+    rm = RemoteMiner("127.0.0.1", State(), confirm_tries=2)
+    rm.miner = miner
+    return rm
+
+
+def test_a_reported_success_that_changed_nothing_is_a_failure() -> None:
+    require_pyasic()
+    from agent.hardware.remote import ACTION_TRIES, RemoteError
+
+    miner = LyingMiner()
+    rm = make_remote(miner)
+    with pytest.raises(RemoteError, match="pause failed: it still reports mining"):
+        asyncio.run(rm.pause("test"))  # type: ignore[attr-defined]
+    assert miner.calls == ["stop_mining"] * ACTION_TRIES
+    events = rm.state.snapshot()["events"]  # type: ignore[attr-defined]
+    assert any("pause failed" in e["message"] for e in events)
+
+
+def test_modern_antminer_pause_never_writes_a_config_without_pools() -> None:
+    """pyasic's own stop_mining re-sends get_config(), empty pools and all when that read
+    failed: the remote board reads the config itself and refuses to write it without pools."""
+    require_pyasic()
+    from pyasic.config import MinerConfig
+    from pyasic.config.pools import Pool, PoolConfig
+    from pyasic.miners.antminer import BMMinerL7
+
+    from agent.hardware.remote import RemoteError
+
+    sent: list[object] = []
+    mining = [True]
+
+    async def empty_config() -> object:
+        return MinerConfig()
+
+    async def send_config(cfg: object, user_suffix: str | None = None) -> None:
+        sent.append(cfg)
+        mining[0] = type(cfg.mining_mode).__name__ != "MiningModeSleep"  # type: ignore[attr-defined]
+
+    async def is_mining() -> bool:
+        return mining[0]
+
+    miner = BMMinerL7("127.0.0.1")
+    miner.get_config = empty_config  # type: ignore[method-assign]
+    miner.send_config = send_config  # type: ignore[method-assign]
+    miner.is_mining = is_mining  # type: ignore[method-assign]
+    rm = make_remote(miner)
+    rm.miner = miner  # type: ignore[attr-defined]
+    with pytest.raises(RemoteError, match="without pools"):
+        asyncio.run(rm.pause("test"))  # type: ignore[attr-defined]
+    assert sent == [] and mining[0]
+
+    async def good_config() -> object:
+        pool = Pool(url="stratum+tcp://127.0.0.1:3333", user="w.1", password="x")
+        return MinerConfig(pools=PoolConfig.simple([pool]))
+
+    miner.get_config = good_config  # type: ignore[method-assign]
+    asyncio.run(rm.pause("test"))  # type: ignore[attr-defined]
+    assert len(sent) == 1 and not mining[0]
+    asyncio.run(rm.resume("test"))  # type: ignore[attr-defined]
+    assert len(sent) == 2 and mining[0]
+
+
+def test_remote_board_without_pyasic_refuses_to_start(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from agent.hardware import remote
+
+    def missing() -> None:
+        raise RuntimeError(f'board.kind = "remote" needs pyasic: {remote.INSTALL_HINT}')
+
+    monkeypatch.setattr(remote, "load_pyasic", missing)
+    service = MiningService(loads(supervisor_config(tmp_path)), notifier=Notifier({}),
+                            serve_surfaces=False)  # fmt: skip
+    assert asyncio.run(service.run(asyncio.Event())) == 1
+    assert "pip install doge-agent[remote]" in caplog.text

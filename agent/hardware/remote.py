@@ -186,6 +186,7 @@ class RemoteMiner:
         self._exclude: list[str] = []  # fields left out after a web failure (see _read)
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._started = asyncio.Event()
         self._hashes_at: float | None = None
         self._chains: set[int] = set()
         self._action = asyncio.Lock()
@@ -201,9 +202,11 @@ class RemoteMiner:
     async def start(self) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._poll_loop(), name=f"remote {self.host}")
+            self._started.set()
 
     async def stop(self) -> None:
         task, self._task = self._task, None
+        self._started.clear()
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -211,8 +214,8 @@ class RemoteMiner:
 
     async def wait(self) -> None:
         """Returns only if the poller itself died (a bug): an unreachable miner is retried."""
-        while self._task is None:
-            await asyncio.sleep(self.poll_interval_s)  # not started yet: nothing to watch
+        await self._started.wait()
+        assert self._task is not None
         await self._task
 
     # ---------------------------------------------------------------- reading
@@ -373,7 +376,8 @@ class RemoteMiner:
                 except Exception as exc:  # unreachable, a refused write, a timeout
                     last = f"the {verb} call failed: {exc or type(exc).__name__}"
                     log.warning("remote miner at %s: %s (try %d)", self.host, last, attempt)
-                    self.miner = None
+                    if not isinstance(exc, RemoteError):  # not our own refusal: identify again
+                        self.miner = None
                     continue
                 seen = await self._confirm(mining)
                 if seen is mining:
