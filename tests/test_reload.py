@@ -179,3 +179,38 @@ def test_sighup_with_an_invalid_file_keeps_the_agent_mining(tmp_path: Path) -> N
     assert proc.returncode == 0, log.text
     assert "reload refused" in log.text
     assert "s3cr3t" not in log.text
+
+
+def test_an_api_change_restarts_the_surfaces(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+
+    async def main() -> None:
+        pool = StratumPool(policy=FixedDifficulty(1 / 64))
+        await pool.start()
+        path = tmp_path / "agent.toml"
+        text = cpu_config(tmp_path, f"stratum+tcp://127.0.0.1:{pool.port}")
+        path.write_text(text)
+        service = MiningService(load(path), notifier=Notifier({}))
+        stop = asyncio.Event()
+        runner = asyncio.create_task(service.run(stop))
+        try:
+            await asyncio.wait_for(service.ready.wait(), WAIT_S)
+            unit = service.units[0]
+            path.write_text(text.replace('cgminer_listen = "127.0.0.1:0"',
+                                         f'cgminer_listen = "127.0.0.1:{free}"'))  # fmt: skip
+            assert await service.reload()
+            assert service.surfaces is not None and service.surfaces.cgminer is not None
+            assert service.surfaces.cgminer.port == free
+            _, writer = await asyncio.open_connection("127.0.0.1", free)
+            writer.close()
+            assert service.units[0] is unit
+        finally:
+            stop.set()
+            assert await asyncio.wait_for(runner, WAIT_S) == 0
+            await pool.stop()
+
+    asyncio.run(main())
