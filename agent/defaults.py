@@ -313,7 +313,7 @@ ALERT_QUEUE_SIZE = 32  # alerts waiting for delivery; the oldest is dropped beyo
 CLI_URL = "http://127.0.0.1:8080"
 CLI_TIMEOUT_S = 5.0
 
-# ---------------------------------------------------------------------------- persistence, reload, supervision
+# ------------------------------------------------------------ persistence, reload, supervision
 # the cumulative counters in <state_dir>/counters.json: saved this often, at pause and at stop
 STATE_SAVE_INTERVAL_S = 10.0
 COUNTERS_FILE = "counters.json"
