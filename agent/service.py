@@ -679,7 +679,14 @@ class MiningService:
             return self._refuse(exc.errors)
         except Exception as exc:  # bad input never crashes the agent
             return self._refuse([f"{path}: {type(exc).__name__}: {exc}"])
-        return await self._apply_config(new)
+        try:
+            return await self._apply_config(new)
+        except Exception as exc:  # a bug in applying must not take the agent down
+            log.exception("applying the reloaded config failed")
+            self.counts["reloads_failed"] += 1
+            self.notifier.ready()
+            self.notifier.status(f"reload failed: {type(exc).__name__}")
+            return False
 
     def _refuse(self, errors: list[str]) -> bool:
         self.counts["reloads_refused"] += 1
