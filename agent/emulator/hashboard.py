@@ -218,6 +218,10 @@ class EmulatedChain:
             for c in self._chips:
                 c.stable_mhz = stability.draw(draw)
         self.voltage_v = voltage_v
+        # Chip time: wall time x rate_scale, less the work this thread could not keep up with
+        # (a starved emulator loses hashes; its chips then "ran" for less time). Accelerated
+        # tests judge rates against this clock, not the wall clock.
+        self.model_time_s = 0.0
         self._err_rng = random.Random(None if seed is None else f"errors/{seed}/{chain}")
         self._work: dict[int, bytes] = {}  # work id -> header80 (nonce zero); latest per id
         self._current: tuple[int, bytes] | None = None
@@ -598,15 +602,20 @@ class EmulatedChain:
             if self._silent or self._current is None or not hashing:
                 for c in self._chips:
                     c.budget = 0.0
+                self.model_time_s += dt * self.rate_scale
                 return
             # each chip computes in proportion to its own clock and cores (shared cap)
             want = [c.hashrate_hs * self.rate_scale * self.ticket_difficulty / 256 for c in hashing]
             total = sum(want)
             k = min(1.0, self.max_hash_rate_hs / total) if total > 0 else 0.0
             per_chip = []
+            demanded = lost = 0.0
             for c, w in zip(hashing, want, strict=True):
                 r = w * k
-                c.budget = min(c.budget + r * dt, r + CHUNK)
+                owed = c.budget + r * dt
+                c.budget = min(owed, r + CHUNK)
+                demanded += r * dt
+                lost += owed - c.budget
                 cores = [x for x in CORE_NUMBERS if x in c.cores_enabled]
                 p_bad = self.error_rate(c.position)
                 out = []
@@ -621,6 +630,8 @@ class EmulatedChain:
                     start = core << 28 | c.address << 20 | counter
                     out.append((c.position, start, c.ticket_mask, p_bad))
                 per_chip.append(out)
+            kept = 1.0 - lost / demanded if demanded > 0 else 1.0
+            self.model_time_s += dt * self.rate_scale * k * max(0.0, kept)
             # interleave: chips in turn
             jobs = [j for group in _zip_longest(per_chip) for j in group]
             wid, header = self._current
