@@ -60,7 +60,14 @@ class EmulatedL3Plus:
     def paths(self) -> list[str]:
         return self.chips.paths
 
-    def _temps(self, chain: int, _position: int) -> tuple[float, float]:
+    def _temps(self, chain: int, position: int) -> tuple[float, float]:
+        # force_chip_sensor() on the peripherals reaches the sensors the chains' UART reads
+        chips = self.chips.chains[chain]._chips
+        k = sum(1 for c in chips[:position] if c.sensor is not None)
+        sensors = self.peripherals.chip_sensors[chain]
+        if k < len(sensors) and sensors[k].forced_high is not None:
+            forced = float(sensors[k].forced_high)
+            return forced, forced
         thermal = self.peripherals.thermal
         return thermal.board_temp_c(chain), thermal.chip_temp_c(chain)
 
