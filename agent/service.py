@@ -283,7 +283,7 @@ class MiningService:
     def _power_w(self) -> float | None:
         """Measured or modelled wall power; None lets the guardian use its configured watts."""
         if self.emulator is not None:
-            return float(self.emulator.peripherals.thermal.wall_w())
+            return float(self.emulator.peripherals.thermal.wall_w)
         return None
 
     def _nbits(self) -> int | None:
