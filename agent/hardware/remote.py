@@ -376,10 +376,12 @@ class RemoteMiner:
                 except Exception as exc:  # unreachable, a refused write, a timeout
                     last = f"the {verb} call failed: {exc or type(exc).__name__}"
                     log.warning("remote miner at %s: %s (try %d)", self.host, last, attempt)
-                    if not isinstance(exc, RemoteError):  # not our own refusal: identify again
-                        self.miner = None
-                    continue
+                    if isinstance(exc, RemoteError) or self.miner is None:
+                        continue  # our own refusal, or nobody there: nothing to re-read
+                    # a call that timed out may still have been applied (a slow resume): re-read
                 seen = await self._confirm(mining)
+                if seen is None:
+                    self.miner = None  # unreadable: identify it again before the next try
                 if seen is mining:
                     log.info("remote miner at %s: %s confirmed by re-reading it (%s)",
                              self.host, verb, reason)  # fmt: skip
