@@ -554,7 +554,8 @@ class CgminerAPI:
             data[f"chain_acn{i}"] = chips
             data[f"chain_acs{i}"] = _chip_marks(chips)
             data[f"chain_hw{i}"] = int(_num(c.get("hw_errors")))
-            data[f"chain_rate{i}"] = f"{_ghs(c.get('hashrate_hs')):.6f}"
+            # 9 decimals (1 H/s): pyasic sums these, and 6 would round a slow board to 0
+            data[f"chain_rate{i}"] = f"{_ghs(c.get('hashrate_hs')):.9f}"
         data["miner_version"] = __version__
         head = {
             "CGMiner": CGMINER_VERSION,
