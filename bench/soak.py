@@ -195,7 +195,7 @@ class Soak:
             "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "duration_s": t_end,
             "board": "emulated L3+ (4 x 72 BM1485), ticket 1/1024; local pool, difficulty 1/256",
-            "load_before": [round(x, 2) for x in psutil.getloadavg()],
+            "load_avg_at_end": [round(x, 2) for x in psutil.getloadavg()],
             "rss_mb": {"start": rss[0], "end": rss[-1], "max": max(rss)},
             "rss_growth_mb_per_hour": round(slope_per_hour(fit), 2),
             "rss_growth_mb_over_run": round(rss[-1] - rss[0], 2),
