@@ -253,6 +253,7 @@ class Probe:
         self.handed: dict[int, float] = {}  # nonce -> PoolManager.submit
         self.submits: list[dict[str, Any]] = []
         self.pool_submits: list[tuple[str, float]] = []  # (pool label, t) PoolManager.submit
+        self.verified_log: list[float] = []  # SharePath.on_nonce times (live work only)
 
     @contextlib.contextmanager
     def install(self, service: MiningService) -> Iterator[None]:
@@ -280,7 +281,9 @@ class Probe:
 
         def share_nonce(orig: Any) -> Any:
             def wrapped(sp: SharePath, found: Nonce) -> None:
-                probe.on_nonce[found.nonce] = time.perf_counter()
+                probe.on_nonce[found.nonce] = t = time.perf_counter()
+                probe.verified_log.append(t)
+                del probe.verified_log[:-10_000]
                 orig(sp, found)
             return wrapped
 
@@ -451,6 +454,7 @@ async def _failover(service: MiningService, pools: PoolThread, probe: Probe, rep
     submitted to the backup; then the primary comes back and the agent fails back."""
     work_s: list[float] = []
     share_s: list[float] = []
+    nonce_s: list[float] = []
     failback_ok = 0
     for _ in range(reps):
         pm = service.pools
@@ -477,6 +481,14 @@ async def _failover(service: MiningService, pools: PoolThread, probe: Probe, rep
         if await _wait_for(switched, 10):
             work_s.append(next(j["t_out"] for j in probe.jobs[n_jobs:]
                                if j["pool"] != primary) - t_kill)  # fmt: skip
+        if work_s:  # the first nonce of live (the backup's) work through the chain driver
+            switch_t = t_kill + work_s[-1]
+
+            def first_nonce(t: float = switch_t) -> float | None:
+                return next((x for x in probe.verified_log if x > t), None)
+
+            if await _wait_for(lambda: first_nonce() is not None, 10):
+                nonce_s.append((first_nonce() or t_kill) - t_kill)
         if await _wait_for(shared, 10):
             share_s.append(next(t for p, t in probe.pool_submits[n_subs:]
                                 if p != primary) - t_kill)  # fmt: skip
@@ -487,6 +499,7 @@ async def _failover(service: MiningService, pools: PoolThread, probe: Probe, rep
     return {
         "repetitions": reps,
         "kill_to_backup_work_written_s": [round(x, 4) for x in work_s],
+        "kill_to_first_nonce_of_backup_work_s": [round(x, 4) for x in nonce_s],
         "kill_to_first_share_sent_to_backup_s": [round(x, 4) for x in share_s],
         "failed_back_to_primary": failback_ok,
         "worst_s": None if worst is None else round(worst, 4),
