@@ -375,8 +375,8 @@ class StratumClient:
         self, method: str, encode: Callable[[int], bytes], timeout: float
     ) -> P.Reply:
         fut = self._register(method, encode)
-        await self._drain()
         try:
+            await self._drain()  # inside: a close while draining leaves fut with an error
             return await asyncio.wait_for(asyncio.shield(fut), timeout)
         except TimeoutError:
             raise TimeoutError(f"no reply to {method} within {timeout}s") from None
@@ -384,6 +384,8 @@ class StratumClient:
             if not fut.done():
                 fut.cancel()
                 self._timed_out.add(self._forget(fut))
+            elif not fut.cancelled():
+                fut.exception()  # read here, or "Future exception was never retrieved"
 
     def _forget(self, fut: asyncio.Future[P.Reply]) -> int:
         for msg_id, (_m, _t, f) in list(self._pending.items()):
