@@ -30,10 +30,12 @@ from agent.config import Config, ConfigError, overlay_path
 from agent.config import load as load_config
 from agent.control.guardian import GuardianLoop, GuardianOptions
 from agent.control.thermal import ThermalDecision, ThermalLoop, ThermalOptions
+from agent.control.tuner import TunerAction, TunerDecision, TunerLoop, TunerOptions, apply_to
 from agent.hardware.board import Board, BoardError
-from agent.hardware.chain import Chain, ChainError, ChainEvent
+from agent.hardware.chain import Chain, ChainError, ChainEvent, ChainTuning
 from agent.hardware.cpu import CpuBoard, Nonce, Work
 from agent.hardware.leds import status_patterns
+from agent.hardware.pic import voltage_from_code
 from agent.mining.shares import SharePath
 from agent.mining.work import WorkSource
 from agent.persist import StateFile
@@ -90,6 +92,9 @@ class MiningService:
         self.thermal: ThermalLoop | None = None
         self._thermal_task: asyncio.Task[None] | None = None
         self._thermal_off: set[int] = set()  # chains the thermal loop has powered down
+        self._throttled: dict[int, float] = {}  # chains the thermal loop runs below 100 % clock
+        self.tuner: TunerLoop | None = None
+        self._tuner_task: asyncio.Task[None] | None = None
         self.events: list[ChainEvent] = []  # recent chain events, newest last
         self.serve_surfaces = serve_surfaces
         self.controls = ServiceControls(self)
@@ -216,6 +221,8 @@ class MiningService:
             await self._start_units()
         if self.board is not None:
             self._start_thermal()
+            if conf.tuner.enabled:
+                self._start_tuner()
         if conf.guardian.enabled:
             self._start_guardian()
         await self.rebuild_pools()
@@ -306,12 +313,12 @@ class MiningService:
         if self._pools_restart is not None:
             self._pools_restart.cancel()
             self._pools_restart = None
-        for task in (self._thermal_task, self._guardian_task):
+        for task in (self._thermal_task, self._guardian_task, self._tuner_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        self._thermal_task = self._guardian_task = None
+        self._thermal_task = self._guardian_task = self._tuner_task = None
         await self._stop_units()
         self.remote = None  # a stopped agent leaves the remote miner as it is
         if self.board is not None:
@@ -869,6 +876,9 @@ class MiningService:
             board.fans.set_duty(d.fan_duty_pct)
         for action in d.chains:
             i = action.chain
+            if action.action != "power_off":
+                pct = action.freq_pct if action.action == "throttle" else 100.0
+                await self._scale_chain(i, pct, action.reason)
             if action.action == "power_off" and i not in self._thermal_off:
                 self._thermal_off.add(i)
                 await board.power_off(i, action.reason)
@@ -884,6 +894,107 @@ class MiningService:
         self.alerts.condition("overheat", "overheat" in d.flags,
                               "overheat shutdown: " + "; ".join(hot or ["a chain tripped"]))
         self.alerts.condition("fan_failure", "fan_failed" in d.flags, d.fan_reason)  # fmt: skip
+
+    async def _scale_chain(self, i: int, pct: float, reason: str) -> None:
+        """Thermal throttle: every chip of chain i at pct % of its tuned clock (100: as tuned)."""
+        chain = self.board.chains[i] if self.board is not None else None
+        if not isinstance(chain, Chain):
+            return
+        pct = min(100.0, max(1.0, pct))
+        if abs(chain.scale_pct - pct) < 1e-6:
+            return
+        if pct < 100.0:
+            self._throttled[i] = pct
+        else:
+            self._throttled.pop(i, None)
+        log.warning("chain %d: clocks at %.0f %% of tuned: %s", i, pct, reason)
+        try:
+            await chain.set_frequency_scale(pct)
+        except ValueError as exc:
+            log.error("chain %d: throttle to %.0f %% failed: %s", i, pct, exc)
+
+    # ------------------------------------------------------------------------------ the tuner
+
+    def _start_tuner(self) -> None:
+        """Per-chip autotuning ([tuner]): per-chip counters from the chains, power from the
+        emulated board's model (None on a real board: the tuner models it), clocks and gating
+        through the chains, voltage through the PICs; the profile is kept in state_dir and
+        restored at start. Chains paused, throttled or powered off by thermal are left alone."""
+        board = self.board
+        assert board is not None
+        ticket = self.conf.board.ticket_difficulty
+        if self.emulator is not None:
+            # An emulated chip sends the nonces of a real one (its mask's difficulty at the rate
+            # model) but each meets only the easy emulator ticket: judge its rate as a real chip.
+            ticket = D.BM1485_TICKET_DIFFICULTY
+        options = dataclasses.replace(
+            TunerOptions.from_config(self.conf.tuner), ticket_difficulty=ticket
+        )
+        lo_v, hi_v = voltage_from_code(D.PIC_VOLTAGE_CODE_MAX), voltage_from_code(0)
+
+        def setter(i: int) -> Callable[[float], Awaitable[int]]:
+            return lambda v: board.pics[i].set_voltage(min(hi_v, max(lo_v, v)))  # the PIC's range
+
+        targets = {
+            i: ChainTuning(c, setter(i)) for i, c in enumerate(board.chains) if isinstance(c, Chain)
+        }
+        skipped: set[int] = set()
+        loop: TunerLoop
+
+        def read() -> list[Any]:
+            out = []
+            for i, t in targets.items():
+                chain = t.chain
+                if (self.paused or i in self._thermal_off or i in self._throttled
+                        or not chain.booted.is_set()):  # fmt: skip
+                    skipped.add(i)
+                    continue
+                if i in skipped:  # back: judge its chips on counters from now on only
+                    skipped.discard(i)
+                    _restart_windows(loop, i, chain, loop.clock())
+                power = self.emulator.chain_power_w(i) if self.emulator is not None else None
+                out.append(t.sample(temp_c=chain.temp_c, power_w=power))
+            return out
+
+        async def apply(a: TunerAction) -> None:
+            if a.chain in targets and not (self.paused or a.chain in self._thermal_off
+                                           or a.chain in self._throttled):  # fmt: skip
+                await apply_to(targets, a)
+
+        loop = TunerLoop(read, apply, options, state_dir=self.conf.agent.state_dir)
+        self.tuner = loop
+        self.state.set_tuner("starting", "waiting for the chains to boot")
+
+        async def run() -> None:
+            while self.paused or not any(t.chain.booted.is_set() for t in targets.values()):
+                await asyncio.sleep(1.0)
+            for i, t in targets.items():  # the voltage the PIC holds now
+                with contextlib.suppress(Exception):
+                    t.voltage_v = await board.pics[i].voltage()
+            await loop.restore()
+            while True:
+                self._publish_tuner(loop, await loop.tick())
+                await asyncio.sleep(loop.options.interval_s)
+
+        self._tuner_task = asyncio.create_task(self._keep_alive("tuner loop", run), name="tuner")
+
+    def _publish_tuner(self, loop: TunerLoop, d: TunerDecision | None) -> None:
+        if d is None:
+            self.state.set_tuner("error", "reading the chip counters failed")
+            return
+        if not d.verdicts:
+            self.state.set_tuner("idle", "paused" if self.paused else "no chain to tune")
+            return
+        chips = {(c.chain, i): s for c in self.units if isinstance(c, Chain)
+                 for i, s in c.chips.items()}  # fmt: skip
+        for v in d.verdicts:
+            s = chips.get((v.chain, v.chip))
+            self.state.set_chip(v.chain, v.chip, status=v.verdict,
+                                frequency_mhz=s.frequency_mhz if s else None)  # fmt: skip
+        done = sum(v.verdict in ("settled", "disabled") for v in d.verdicts)
+        state = "settled" if done == len(d.verdicts) and not d.actions else "tuning"
+        why = d.actions[-1].reason if d.actions else f"{done} of {len(d.verdicts)} chips settled"
+        self.state.set_tuner(state, why)
 
     def _exhausted(self, index: int) -> Callable[[Work], None]:
         return lambda _old: self._more_work(self.units[index])
@@ -958,3 +1069,18 @@ class MiningService:
             snap["hashrate_hs"], snap["nonces"], s["accepted"], s["rejected"], s["stale"],
             s["below_target"], s["hw_errors"], s["pending"],
         )  # fmt: skip
+
+
+def _restart_windows(loop: TunerLoop, chain_index: int, chain: Chain, now: float) -> None:
+    """A chain back from a pause or a throttle: its chips' verdicts start on counters from now
+    (the samples taken at a throttled clock say nothing about the tuned one)."""
+    from agent.control.tuner import TunerMemory
+
+    chips = dict(loop.memory.chips)
+    for (n, idx), m in chips.items():
+        s = chain.chips.get(idx)
+        if n == chain_index and s is not None:
+            chips[(n, idx)] = dataclasses.replace(
+                m, t0=now, nonces0=s.nonces, hw0=s.hw_errors, cores0=dict(s.cores)
+            )
+    loop.memory = TunerMemory(chips, loop.memory.chains)
