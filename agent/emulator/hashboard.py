@@ -616,9 +616,12 @@ class EmulatedChain:
                 c.budget = min(owed, r + CHUNK)
                 demanded += r * dt
                 lost += owed - c.budget
+                out: list[tuple[int, int, int, float]] = []
+                per_chip.append(out)
+                if c.budget < CHUNK:
+                    continue
                 cores = [x for x in CORE_NUMBERS if x in c.cores_enabled]
                 p_bad = self.error_rate(c.position)
-                out = []
                 while c.budget >= CHUNK:
                     c.budget -= CHUNK
                     core = cores[c.rr % len(cores)]  # a gated core gets no turn
@@ -629,7 +632,6 @@ class EmulatedChain:
                     c.counters[core] = counter + CHUNK
                     start = core << 28 | c.address << 20 | counter
                     out.append((c.position, start, c.ticket_mask, p_bad))
-                per_chip.append(out)
             kept = 1.0 - lost / demanded if demanded > 0 else 1.0
             self.model_time_s += dt * self.rate_scale * k * max(0.0, kept)
             # interleave: chips in turn
