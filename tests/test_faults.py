@@ -329,6 +329,7 @@ def test_chips_vanish_and_come_back(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+@pytest.mark.slow
 def test_chain_that_goes_silent_is_reinitialised(tmp_path: Path) -> None:
     async def main() -> None:
         pool = local_pool()
@@ -468,25 +469,36 @@ def test_full_disk_for_logs_and_state(tmp_path: Path, monkeypatch: pytest.Monkey
         pool = local_pool()
         await pool.start()
         async with Running(tmp_path, [tcp(pool.port)]) as agent:
-            hardware = str(agent.emulator.root)
+            hardware, state = str(agent.emulator.root), str(tmp_path)
             real_open, real_replace, real_mkstemp = builtins.open, os.replace, tempfile.mkstemp
+            real_os_open = os.open
+
+            def disk(path: Any) -> bool:
+                """A file on the (full) disk: the state folder, not the emulated hardware."""
+                name = os.fsdecode(path) if isinstance(path, str | bytes | os.PathLike) else ""
+                return name.startswith(state) and not name.startswith(hardware)
 
             def full_open(file: Any, mode: str = "r", *a: Any, **k: Any) -> Any:
-                writes = any(m in mode for m in "wax+")
-                if writes and not str(file).startswith(hardware) and not isinstance(file, int):
+                if any(m in mode for m in "wax+") and disk(file):
                     enospc()
                 return real_open(file, mode, *a, **k)
 
+            def full_os_open(path: Any, flags: int, *a: Any, **k: Any) -> int:
+                if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and disk(path):
+                    enospc()
+                return real_os_open(path, flags, *a, **k)
+
             def full_replace(src: Any, dst: Any, *a: Any, **k: Any) -> None:
-                if not str(dst).startswith(hardware):
+                if disk(dst):
                     enospc()
                 real_replace(src, dst, *a, **k)
 
             def full_mkstemp(*a: Any, **k: Any) -> Any:
-                if not str(k.get("dir", "")).startswith(hardware):
+                if disk(k.get("dir", tempfile.gettempdir())):
                     enospc()
                 return real_mkstemp(*a, **k)
 
+            monkeypatch.setattr(os, "open", full_os_open)
             monkeypatch.setattr(builtins, "open", full_open)
             monkeypatch.setattr(io, "open", full_open)
             monkeypatch.setattr(os, "replace", full_replace)
@@ -501,11 +513,17 @@ def test_full_disk_for_logs_and_state(tmp_path: Path, monkeypatch: pytest.Monkey
                 assert Path(tmp_path / "probe").exists() is False
                 with pytest.raises(OSError):
                     Path(tmp_path / "probe").write_text("x")
+                files = agent.service.counters_file
+                agent.service.save_interval_s = 0.2  # the counters are saved every tick now
+                await agent.until(lambda: files.counts["disk_full"] >= 2, "saves on a full disk")
                 hw0 = agent.counts()["hw_errors"]
                 agent.emulator.chips.chains[0].bad_nonces(5)  # each one is logged
                 await agent.until(lambda: agent.counts()["hw_errors"] >= hw0 + 5, "HW errors")
                 await agent.accepted_grows(pool, n=5, what="mining on a full disk")
                 await agent.nothing_lost()
+                assert (
+                    files.counts["disk_full"] >= 2
+                )  # each save failed, counted, and mining went on
             finally:
                 agent_log.removeHandler(handler)
                 agent_log.setLevel(level)
