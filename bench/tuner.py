@@ -16,7 +16,8 @@ per watt of chain power (the thermal model's per-chip frequency x voltage^2 mode
 chip's HW-error share in each window, the HW-error budget, the tuned clocks and voltage.
 
 Called by the bench as `run_tuner(quick: bool) -> dict` (the `tuner` section of
-bench/results.json); `python bench/tuner.py [--quick]` prints the same dict as JSON."""
+bench/results.json); `python bench/tuner.py [--quick] [--json bench/results.json]` prints the same
+dict as JSON and with --json merges it into that file as its "tuner" section."""
 
 from __future__ import annotations
 
@@ -272,6 +273,27 @@ def run_tuner(quick: bool = False) -> dict[str, Any]:
     return asyncio.run(closed_loop(settings))
 
 
-if __name__ == "__main__":
+def merge_into(path: Path, section: dict[str, Any]) -> None:
+    """Put `section` under "tuner" in the bench's JSON file (other sections kept), atomically."""
+    doc: dict[str, Any] = {}
+    if path.exists():
+        doc = json.loads(path.read_text())
+    doc["tuner"] = section
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def main(argv: list[str]) -> int:
+    """bench/tuner.py [--quick] [--json PATH]: print the figures; with --json also merge them
+    into PATH as its "tuner" section (bench/results.json for `make bench`)."""
     logging.basicConfig(level=logging.WARNING)
-    print(json.dumps(run_tuner("--quick" in sys.argv[1:]), indent=1))
+    result = run_tuner("--quick" in argv)
+    print(json.dumps(result, indent=1))
+    if "--json" in argv:
+        merge_into(Path(argv[argv.index("--json") + 1]), result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
