@@ -353,7 +353,14 @@ class Chain:
         tasks, self._tasks = self._tasks, []
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Python 3.11's asyncio.wait_for can swallow a cancellation that lands as its inner
+        # future completes (a register reply racing the cancel): such a loop would carry on for
+        # ever. Cancel again until every task has ended.
+        pending = set(tasks)
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=0.5)
+            for t in pending:
+                t.cancel()
         for h in (self._flush_handle, self._work_timer):
             if h is not None:
                 h.cancel()
