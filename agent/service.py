@@ -735,6 +735,14 @@ class MiningService:
             logging.getLogger().setLevel(new.agent.log_level.upper())
         if new.thermal != old.thermal and self.thermal is not None:
             self.thermal.options = ThermalOptions.from_config(new.thermal)
+        if new.tuner != old.tuner and self.tuner is not None:
+            try:  # enabled = false stops the tuner's actions; a new tuner starts at restart
+                self.tuner.options = dataclasses.replace(
+                    TunerOptions.from_config(new.tuner),
+                    ticket_difficulty=self.tuner.options.ticket_difficulty,
+                )
+            except ValueError as exc:
+                log.error("[tuner] not changed: %s", exc)
         if "pools" in changed:
             # the file wins over pools added or switched through the controls since
             await self.rebuild_pools()

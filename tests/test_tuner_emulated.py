@@ -58,12 +58,13 @@ def test_service_restores_the_profile_publishes_chips_and_throttles(tmp_path: Pa
             await asyncio.sleep(0.05)  # polling the emulator's registers against a deadline
 
     async def main() -> None:
-        conf = loads(
+        text = (
             f'[agent]\nstate_dir = "{tmp_path}"\n'
             '[board]\nkind = "emulated"\nchains = 1\nchips_per_chain = 4\n'
             "[tuner]\nenabled = true\ninterval_s = 1\n"
             "[thermal]\ninterval_s = 60\n"
         )
+        conf = loads(text)
         service = MiningService(conf, notifier=Notifier({}), serve_surfaces=False)
         stop = asyncio.Event()
         runner = asyncio.create_task(service.run(stop))
@@ -109,6 +110,13 @@ def test_service_restores_the_profile_publishes_chips_and_throttles(tmp_path: Pa
                 lambda: all(abs(emu.frequency_mhz(i) - want[i]) < 1e-6 for i in half),
                 "the tuned clocks never came back",
             )
+            # a reload with [tuner] enabled = false: no more tuner actions, same nonce worth
+            assert service.tuner is not None
+            assert await service._apply_config(
+                loads(text.replace("enabled = true", "enabled = false"))
+            )
+            assert not service.tuner.options.enabled
+            assert service.tuner.options.ticket_difficulty == 256.0
         finally:
             stop.set()
             assert await asyncio.wait_for(runner, 60) == 0
