@@ -334,18 +334,15 @@ def test_pool_cli_in_node_mode(nodes):
         proc.wait(timeout=10)
 
 
-def test_doge_agent_run_mines_blocks_that_litecoind_accepts(nodes, tmp_path: Path):
-    """The whole agent: `doge-agent run` on the CPU board, through its Stratum client and pool
-    manager, against the pool in node mode; both nodes accept >= 20 blocks it found."""
+def _agent_mines_blocks(nodes, tmp_path: Path, board: str, difficulty: float, bound_s: float):
+    """`doge-agent run` with [board] `board` (a TOML body) against the pool in node mode, until
+    both nodes have accepted BLOCKS_WANTED blocks it found."""
     peer, miner = nodes
     miner.call("createwallet", "w")
     miner.call("generatetoaddress", 101, miner.call("getnewaddress"))
     for _ in range(3):  # a real merkle branch and witness commitment in the templates
         miner.call("sendtoaddress", miner.call("getnewaddress"), 1)
     start = miner.call("getblockcount")
-    # the CPU board does ~10^4 H/s: difficulty 2**-7 (~512 hashes a share) keeps the pool's share
-    # checks light, and on regtest about every other share is a block
-    difficulty = 2**-7
     pool_cmd = [
         sys.executable, "-m", "agent.emulator.pool", "--port", "0",
         "--node-rpc", f"http://127.0.0.1:{miner.rpc_port}/",
@@ -367,17 +364,21 @@ def test_doge_agent_run_mines_blocks_that_litecoind_accepts(nodes, tmp_path: Pat
             f'[agent]\nstate_dir = "{tmp_path}"\n'
             '[api]\nhttp_listen = "127.0.0.1:0"\ncgminer_listen = "127.0.0.1:0"\n'
             f'[[pools]]\nurl = "{url}"\nuser = "regtest.rig"\npassword = "x"\n'
-            f'[board]\nkind = "cpu"\nthreads = 1\nticket_difficulty = {difficulty}\n'
+            f'[board]\n{board}ticket_difficulty = {difficulty}\n'
         )
+        # the log goes to a file: an undrained pipe would fill and block the agent mid-write
+        log_file = (tmp_path / "agent.log").open("w")
         agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "-c", str(conf)],
-                                 stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
-        deadline = time.monotonic() + MINING_TIMEOUT_S
+                                 stderr=log_file, text=True, env=env)  # fmt: skip
+        deadline = time.monotonic() + bound_s
         while min(miner.call("getblockcount"), peer.call("getblockcount")) < start + BLOCKS_WANTED:
             assert agent.poll() is None, "the agent exited while mining"
             assert time.monotonic() < deadline, f"only {miner.call('getblockcount') - start} blocks"
             time.sleep(0.1)  # polling the nodes' block count against a deadline
         agent.send_signal(signal.SIGTERM)
-        _, log = agent.communicate(timeout=60)
+        agent.wait(timeout=60)
+        log_file.close()
+        log = (tmp_path / "agent.log").read_text()
         assert agent.returncode == 0, log
     finally:
         for proc in (agent, pool):
@@ -389,60 +390,19 @@ def test_doge_agent_run_mines_blocks_that_litecoind_accepts(nodes, tmp_path: Pat
     for h in range(start + 1, start + BLOCKS_WANTED + 1):
         coinbase = miner.call("getblock", miner.call("getblockhash", h), 2)["tx"][0]
         assert tag in coinbase["vin"][0]["coinbase"], h
+
+
+def test_doge_agent_run_mines_blocks_that_litecoind_accepts(nodes, tmp_path: Path):
+    """The whole agent: `doge-agent run` on the CPU board, through its Stratum client and pool
+    manager, against the pool in node mode; both nodes accept >= 20 blocks it found."""
+    # the CPU board does ~10^4 H/s: difficulty 2**-7 (~512 hashes a share) keeps the pool's share
+    # checks light, and on regtest about every other share is a block
+    _agent_mines_blocks(nodes, tmp_path, 'kind = "cpu"\nthreads = 1\n', 2**-7, MINING_TIMEOUT_S)
 
 
 def test_emulated_l3plus_mines_blocks_that_litecoind_accepts(nodes, tmp_path: Path):
     """End to end through the chip protocol: `doge-agent run` on the emulated L3+ (work frames
     to 4 x 72 BM1485 chips over ptys, nonce frames back, verified and submitted), against the
     pool in node mode; both nodes accept >= 20 blocks it found."""
-    peer, miner = nodes
-    miner.call("createwallet", "w")
-    miner.call("generatetoaddress", 101, miner.call("getnewaddress"))
-    for _ in range(3):  # a real merkle branch and witness commitment in the templates
-        miner.call("sendtoaddress", miner.call("getnewaddress"), 1)
-    start = miner.call("getblockcount")
     # every chip nonce meets the emulator's ticket (2**-10); on regtest nearly every one is a block
-    difficulty = 2**-10
-    pool_cmd = [
-        sys.executable, "-m", "agent.emulator.pool", "--port", "0",
-        "--node-rpc", f"http://127.0.0.1:{miner.rpc_port}/",
-        "--rpc-user", RPC_USER, "--rpc-password", RPC_PASSWORD,
-        "--poll", "0.05", "--difficulty", str(difficulty),
-    ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOGE_AGENT", "NOTIFY_"))}
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    pool = subprocess.Popen(pool_cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True, env=env)  # fmt: skip
-    agent = None
-    try:
-        assert pool.stdout is not None
-        url = pool.stdout.readline().strip()
-        assert url.startswith("stratum+tcp://127.0.0.1:"), url
-        conf = tmp_path / "agent.toml"
-        conf.write_text(
-            f'[agent]\nstate_dir = "{tmp_path}"\n'
-            '[api]\nhttp_listen = "127.0.0.1:0"\ncgminer_listen = "127.0.0.1:0"\n'
-            f'[[pools]]\nurl = "{url}"\nuser = "regtest.rig"\npassword = "x"\n'
-            f'[board]\nkind = "emulated"\nticket_difficulty = {difficulty}\n'
-        )
-        agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "-c", str(conf)],
-                                 stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
-        deadline = time.monotonic() + EMULATED_TIMEOUT_S
-        while min(miner.call("getblockcount"), peer.call("getblockcount")) < start + BLOCKS_WANTED:
-            assert agent.poll() is None, "the agent exited while mining"
-            assert time.monotonic() < deadline, f"only {miner.call('getblockcount') - start} blocks"
-            time.sleep(0.1)  # polling the nodes' block count against a deadline
-        agent.send_signal(signal.SIGTERM)
-        _, log = agent.communicate(timeout=60)
-        assert agent.returncode == 0, log
-    finally:
-        for proc in (agent, pool):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
-    assert "stopped cleanly" in log
-    tag = POOL_TAG.hex()
-    for h in range(start + 1, start + BLOCKS_WANTED + 1):
-        coinbase = miner.call("getblock", miner.call("getblockhash", h), 2)["tx"][0]
-        assert tag in coinbase["vin"][0]["coinbase"], h
+    _agent_mines_blocks(nodes, tmp_path, 'kind = "emulated"\n', 2**-10, EMULATED_TIMEOUT_S)
