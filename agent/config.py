@@ -142,7 +142,7 @@ class TunerConfig:
     """[tuner]: names as agent.control.tuner.TunerOptions reads them (ticket_difficulty is the
     board's, not a tuner key)."""
 
-    enabled: bool = True
+    enabled: bool = D.TUNER_ENABLED
     min_mhz: float = D.TUNER_MIN_MHZ
     max_mhz: float = D.TUNER_MAX_MHZ
     step_mhz: float = D.TUNER_STEP_MHZ

@@ -208,6 +208,9 @@ THERMAL_PID_KI = 0.1  # fan % per °C·s
 THERMAL_PID_KD = 4.0  # fan % per °C/s (on the measurement)
 THERMAL_PID_BIAS_PCT = 50.0
 # tuner
+# Off until the clock-gating data byte (reference: CORE_CMD_IN, value not documented) has been
+# checked on real BM1485 silicon: a wrong guess could gate every core of a real board.
+TUNER_ENABLED = False
 TUNER_INTERVAL_S = 60.0
 TUNER_MIN_MHZ = 100.0  # PLL table range (reference §1.1)
 TUNER_MAX_MHZ = 650.0

@@ -1,6 +1,6 @@
 """`make bench`: run the benchmarks and keep their figures in bench/results.json.
 
-Usage: .venv/bin/python bench/run.py [--only scrypt|mining|all] [--quick] [--json PATH]
+Usage: .venv/bin/python bench/run.py [--only scrypt|mining|tuner|all] [--quick] [--json PATH]
        [--seconds S] [--rounds R]   (the last two are the scrypt bench's)
 
 The scrypt section keeps its structure at the top level of the JSON (as agent.benchmark writes
@@ -25,7 +25,7 @@ from agent import benchmark  # noqa: E402
 
 def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.splitlines()[0])
-    p.add_argument("--only", choices=("scrypt", "mining", "all"), default="all")
+    p.add_argument("--only", choices=("scrypt", "mining", "tuner", "all"), default="all")
     p.add_argument("--json", metavar="PATH", default=str(ROOT / "bench" / "results.json"))
     p.add_argument("--quick", action="store_true", help="short runs (for tests)")
     return p.parse_known_args(argv)
@@ -47,10 +47,9 @@ def main(argv: list[str] | None = None) -> int:
             code = benchmark.main([*quick, *scrypt_args, "--json", str(out)])
             if code != 0:
                 return code
-            mining = report.get("mining")
+            kept = {k: report[k] for k in ("mining", "tuner") if k in report}
             report = json.loads(out.read_text())
-            if mining is not None:
-                report["mining"] = mining
+            report.update(kept)
     if args.only in ("mining", "all"):
         from bench import mining
 
@@ -59,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
 
         report["mining"] = mining.run(quick=args.quick, log=log)
         print(mining.render(report["mining"]))
+    if args.only in ("tuner", "all"):
+        from bench.tuner import run_tuner
+
+        report["tuner"] = run_tuner(args.quick)
+        print(json.dumps(report["tuner"], indent=1))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
     print(f"\nwrote {path}")

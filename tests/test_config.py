@@ -441,7 +441,7 @@ def test_new_sections_default_like_the_modules() -> None:
     assert ThermalOptions.from_config(conf.thermal) == ThermalOptions()
     assert TunerOptions.from_config(conf.tuner) == TunerOptions()
     assert GuardianOptions.from_config(conf.guardian) == GuardianOptions()
-    assert conf.guardian.enabled is False and conf.tuner.enabled is True
+    assert conf.guardian.enabled is False and conf.tuner.enabled is False  # both opt-in
     assert conf.tuner.power_target_w is None and conf.guardian.price_url is None
     a = conf.api
     assert (a.read_allow, a.write_allow) == (D.WEB_READ_ALLOW, D.WEB_WRITE_ALLOW)
