@@ -8,35 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
+from test_chain import FAST as CHAIN_FAST
+from test_chain import run
 
 from agent.emulator.hashboard import EmulatedChain, StabilityModel
 from agent.hardware import bm1485 as bm
-from agent.hardware.chain import Chain, ChainEvent, ChainTiming, ChainTuning
+from agent.hardware.chain import Chain, ChainEvent, ChainTuning
 from agent.hardware.cpu import Nonce, Work
 from agent.mining.targets import difficulty_to_target
 
 EASY = 2**-14  # 4 hashes per nonce: many nonces for little CPU
 CHIPS = 8
-FAST = ChainTiming(
-    command_gap_s=0.001,
-    count_window_s=0.5,
-    count_retries=1,
-    reply_timeout_s=0.3,
-    hashrate_poll_s=0.1,
-    temp_poll_s=0.5,
-    missed_polls_lost=3,
-    silence_s=0.6,
-    reboot_backoff_s=0.2,
-    work_timeout_s=3600.0,
-)
-
-
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(asyncio.wait_for(coro, 60))
+FAST = replace(CHAIN_FAST, work_timeout_s=3600.0)  # the tuner's runs outlast a work
 
 
 class Rig:

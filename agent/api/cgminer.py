@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 from agent import __version__
 from agent import defaults as D
 from agent.api.controls import ControlError, Controls
+from agent.api.httpserver import close_listener
 
 log = logging.getLogger("agent.api.cgminer")
 
@@ -731,16 +732,8 @@ class CgminerServer:
         log.info("cgminer API listening on %s:%d as %s", host, self.port, self.options.model)
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._conns):
-            task.cancel()
-        if self._conns:
-            await asyncio.gather(*self._conns, return_exceptions=True)
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 5.0)
-            self._server = None
+        await close_listener(self._server, self._conns)
+        self._server = None
 
     async def __aenter__(self) -> CgminerServer:
         await self.start()

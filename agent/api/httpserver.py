@@ -226,6 +226,22 @@ class _Reject(Exception):
         self.message = message
 
 
+async def close_listener(
+    server: asyncio.Server | None, conns: set[asyncio.Task[None]], wait_s: float = 5.0
+) -> None:
+    """Stop accepting, cancel every connection task, then wait (bounded) for the socket to close.
+    Shared by the HTTP server and the cgminer API."""
+    if server is not None:
+        server.close()
+    for task in list(conns):
+        task.cancel()
+    if conns:
+        await asyncio.gather(*conns, return_exceptions=True)
+    if server is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), wait_s)
+
+
 class HTTPServer:
     """Routes + limits + one asyncio server. See the module docstring for how to add routes."""
 
@@ -318,16 +334,8 @@ class HTTPServer:
         )
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._conns):
-            task.cancel()
-        if self._conns:
-            await asyncio.gather(*self._conns, return_exceptions=True)
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 5.0)
-            self._server = None
+        await close_listener(self._server, self._conns)
+        self._server = None
 
     async def __aenter__(self) -> HTTPServer:
         await self.start()
