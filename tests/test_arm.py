@@ -129,6 +129,9 @@ def test_agent_selftest_and_cpu_board_run_on_armhf(python_output: str) -> None:
     assert deps, python_output
     for name in ("pyserial", "smbus2", "cryptography", "psutil", "prometheus_client"):
         assert re.search(rf"\b{name} \d", deps[1]), (name, deps[1])
+    # the agent runs from its armhf wheel, installed with Debian's armhf python3.11
+    wheel = r"^OK: installed doge_agent-[\w.]+-cp311-cp311-linux_armv7l\.whl"
+    assert re.search(wheel, python_output, re.M), python_output
     assert re.search(r"^OK: agent selftest on armhf: passed", python_output, re.M), python_output
     assert "selftest: passed" in python_output
     m = re.search(

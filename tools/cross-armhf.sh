@@ -265,8 +265,23 @@ printf '%s\n' "$out"
 ok "python extension on $PLAIN_CPU: only portable, matches the vectors ($(elapsed))"
 
 # ---------------------------------------------------------------- 3. the agent on armhf
-agent_arm() { # args of `python3.11 -m agent`, on the NEON CPU
-    (cd "$WORK" && env -u PYTHONHOME PYTHONPATH="$PKG" PYTHONDONTWRITEBYTECODE=1 \
+step "pack the armhf wheel and install it with Debian's armhf python3.11"
+# setuptools cannot cross-compile the extension: the tree built above is packed as it is, with
+# the metadata of setup.cfg, and installed by extracting it (what an installer does) into a
+# site folder that the armhf interpreter gets as its PYTHONPATH
+mkdir -p "$PKG/board" && cp -r "$ROOT/board/profiles" "$PKG/board/"
+WHEEL=$("${HOST_PYTHON:-python3}" "$ROOT/tools/pack_wheel.py" "$PKG" "$WORK/dist" \
+    cp311-cp311-linux_armv7l) || die "packing the armhf wheel"
+SITE=$WORK/site
+rm -rf "$SITE"
+(cd "$WORK" && env -u PYTHONHOME "$QEMU" -cpu "$NEON_CPU" -L "$SYSROOT" \
+    "$SYSROOT/usr/bin/python3.11" -m zipfile -e "$WHEEL" "$SITE") \
+    || die "installing ${WHEEL##*/} with armhf python3.11"
+[[ -f $SITE/agent/${SO##*/} ]] || die "the installed wheel lacks ${SO##*/}"
+ok "installed ${WHEEL##*/} ($(elapsed))"
+
+agent_arm() { # args of `python3.11 -m agent`, on the NEON CPU, from the installed wheel
+    (cd "$WORK" && env -u PYTHONHOME PYTHONPATH="$SITE" PYTHONDONTWRITEBYTECODE=1 \
         "$QEMU" -cpu "$NEON_CPU" -L "$SYSROOT" "$SYSROOT/usr/bin/python3.11" "$@")
 }
 
