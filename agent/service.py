@@ -66,6 +66,15 @@ class SupervisionError(RuntimeError):
     """A background task died too often within the window: the agent exits for systemd."""
 
 
+def chain_readings(chain: Chain) -> list[float | None]:
+    """Every temperature a chain's sensors give, PCB and die: the thermal loop must judge on the
+    chips' own diodes, which run well above the board under load. None for a sensor not read."""
+    out: list[float | None] = []
+    for reading in chain.temps.values():
+        out += [None] if reading is None else [reading.local_c, reading.remote_c]
+    return out or [None]
+
+
 class MiningService:
     def __init__(
         self,
@@ -868,7 +877,7 @@ class MiningService:
         assert board is not None
         chains = {i: c for i, c in enumerate(board.chains) if c is not None}
         self.thermal = ThermalLoop(
-            read_temps=lambda: {i: [c.temp_c] for i, c in chains.items()},
+            read_temps=lambda: {i: chain_readings(c) for i, c in chains.items()},
             read_fans=lambda: board.sample_fans(time.monotonic()),
             apply=self._apply_thermal,
             options=ThermalOptions.from_config(self.conf.thermal),

@@ -347,3 +347,58 @@ def test_guardian_pauses_and_resumes_the_running_agent(tmp_path: Path) -> None:
         await pool.stop()
 
     asyncio.run(main())
+
+
+def test_heat_ramp_on_the_running_agent(tmp_path: Path) -> None:
+    """Ambient climbs from 25 to 60 °C around the emulated L3+ (its physics 20x faster than real
+    time): the running agent's thermal loop raises the fans, throttles and powers chains off as it
+    must, with reasons, and no chip ever passes the dangerous limit."""
+
+    async def main() -> None:
+        pool = StratumPool(policy=FixedDifficulty(1 / 256))
+        await pool.start()
+        conf = loads(
+            API_ON_FREE_PORTS + f'[agent]\nstate_dir = "{tmp_path}"\n'
+            f'[[pools]]\nurl = "stratum+tcp://127.0.0.1:{pool.port}"\nuser = "w.1"\n'
+            '[board]\nkind = "emulated"\n'
+        )
+        service = MiningService(conf, notifier=Notifier({}))
+        stop = asyncio.Event()
+        runner = asyncio.create_task(service.run(stop))
+        await asyncio.wait_for(service.ready.wait(), WAIT_S)
+        emulator = service.emulator
+        assert emulator is not None and service.thermal is not None
+        emulator.physics_speed = 20.0
+        settle = loop_time = asyncio.get_running_loop().time()
+        while service.thermal.last is None or service.thermal.last.fan_code != "pid":
+            assert asyncio.get_running_loop().time() - settle < WAIT_S, "no PID fan control"
+            await asyncio.sleep(0.1)  # the sensors answer after the chains' first poll
+        first_duty = service.thermal.last.fan_duty_pct or 0.0
+        del loop_time
+        thermal = emulator.peripherals.thermal
+        dangerous = conf.thermal.dangerous_temp_c
+        hottest = 0.0
+        loop = asyncio.get_running_loop()
+        ramp_s = 30.0  # real seconds: 10 simulated minutes
+        started = loop.time()
+        while (elapsed := loop.time() - started) < ramp_s + 5:
+            thermal.ambient_c = 25.0 + 35.0 * min(1.0, elapsed / ramp_s)
+            hottest = max(hottest, *(thermal.chip_temp_c(i) for i in range(4)))
+            assert not runner.done(), "the agent stopped during the heat ramp"
+            await asyncio.sleep(0.1)  # sampling the model, not synchronising
+        counts = dict(service.thermal.counts)
+        last = service.thermal.last
+        stop.set()
+        assert await asyncio.wait_for(runner, WAIT_S) == 0
+        await pool.stop()
+        duty = last.fan_duty_pct if last else None
+        print(f"\nheat ramp: hottest chip {hottest:.1f} °C (dangerous {dangerous} °C), "
+              f"fans {first_duty} -> {duty} %, {counts}")  # fmt: skip
+        assert hottest < dangerous, f"a chip reached {hottest:.1f} °C"
+        assert last is not None and last.fan_duty_pct is not None
+        assert last.fan_duty_pct > first_duty, "the fans did not follow the heat"
+        acted = [k for k in counts if k.startswith(("chain:throttle", "chain:power_off"))]
+        if hottest > conf.thermal.hot_temp_c:  # above hot, the loop must have stepped in
+            assert acted, counts
+
+    asyncio.run(main())

@@ -54,6 +54,9 @@ class EmulatedL3Plus:
         )  # fmt: skip
         self.peripherals = EmulatedPeripherals(self.profile, self.root, ambient_c=ambient_c)
         self._silenced: set[int] = set()  # chains we silenced for lack of power
+        # simulated seconds of heat, fans and PIC timers per real second: tests that need minutes
+        # of thermal history (a heat ramp) run it faster; the chips' hashing is not sped up
+        self.physics_speed = 1.0
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -105,7 +108,7 @@ class EmulatedL3Plus:
         while True:
             await asyncio.sleep(tick_s)
             now = loop.time()
-            self.peripherals.advance(now - last)
+            self.peripherals.advance((now - last) * self.physics_speed)
             last = now
             self.sync()
 
