@@ -439,7 +439,9 @@ def test_new_sections_default_like_the_modules() -> None:
 
     conf = C.loads("")
     assert ThermalOptions.from_config(conf.thermal) == ThermalOptions()
-    assert TunerOptions.from_config(conf.tuner) == TunerOptions()
+    # a TunerOptions built directly is active; the config keeps the tuner opt-in
+    opt_in = dataclasses.replace(TunerOptions(), enabled=False)
+    assert TunerOptions.from_config(conf.tuner) == opt_in
     assert GuardianOptions.from_config(conf.guardian) == GuardianOptions()
     assert conf.guardian.enabled is False and conf.tuner.enabled is False  # both opt-in
     assert conf.tuner.power_target_w is None and conf.guardian.price_url is None
