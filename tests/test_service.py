@@ -42,6 +42,23 @@ def cpu_config(tmp_path: Path, pool_url: str, password: str = "x") -> str:
     )
 
 
+def emulated_config(tmp_path: Path, pool_port: int, board: str = "", api: str = "") -> str:
+    """The emulated L3+ against the local pool, surfaces on free ports."""
+    return (
+        API_ON_FREE_PORTS + api + f'[agent]\nstate_dir = "{tmp_path}"\n'
+        f'[[pools]]\nurl = "stratum+tcp://127.0.0.1:{pool_port}"\nuser = "w.1"\n'
+        f'[board]\nkind = "emulated"\n{board}'
+    )
+
+
+async def start_service(service: MiningService) -> tuple[asyncio.Event, asyncio.Task[int]]:
+    """Runs the service until the returned event is set; returns once it is mining."""
+    stop = asyncio.Event()
+    runner = asyncio.create_task(service.run(stop))
+    await asyncio.wait_for(service.ready.wait(), WAIT_S)
+    return stop, runner
+
+
 def test_service_in_process_counts_every_nonce(tmp_path: Path) -> None:
     """Against the local pool in the same loop: shares accepted, the nonce invariant holds, and
     the pool saw exactly the shares the agent counted as accepted."""
@@ -51,9 +68,7 @@ def test_service_in_process_counts_every_nonce(tmp_path: Path) -> None:
         await pool.start()
         conf = loads(cpu_config(tmp_path, f"stratum+tcp://127.0.0.1:{pool.port}"))
         service = MiningService(conf, pool_options=PoolOptions(stability_s=0.5))
-        stop = asyncio.Event()
-        runner = asyncio.create_task(service.run(stop))
-        await asyncio.wait_for(service.ready.wait(), WAIT_S)
+        stop, runner = await start_service(service)
         assert service.shares is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + WAIT_S
@@ -167,15 +182,9 @@ def test_emulated_board_mines_through_the_chip_protocol(tmp_path: Path) -> None:
     async def main() -> None:
         pool = StratumPool(policy=FixedDifficulty(1 / 256))
         await pool.start()
-        conf = loads(
-            API_ON_FREE_PORTS + f'[agent]\nstate_dir = "{tmp_path}"\n'
-            f'[[pools]]\nurl = "stratum+tcp://127.0.0.1:{pool.port}"\nuser = "w.1"\n'
-            '[board]\nkind = "emulated"\nchains = 4\nchips_per_chain = 72\n'
-        )
+        conf = loads(emulated_config(tmp_path, pool.port, "chains = 4\nchips_per_chain = 72\n"))
         service = MiningService(conf, notifier=Notifier({}))
-        stop = asyncio.Event()
-        runner = asyncio.create_task(service.run(stop))
-        await asyncio.wait_for(service.ready.wait(), WAIT_S)
+        stop, runner = await start_service(service)
         assert service.shares is not None and service.emulator is not None
         emulator = service.emulator
         loop = asyncio.get_running_loop()
@@ -234,16 +243,9 @@ def test_surfaces_and_controls_of_a_running_agent(tmp_path: Path) -> None:
     async def main() -> None:
         pool = StratumPool(policy=FixedDifficulty(1 / 256))
         await pool.start()
-        conf = loads(
-            API_ON_FREE_PORTS + 'password = "owner-pw-123"\n'
-            f'[agent]\nstate_dir = "{tmp_path}"\n'
-            f'[[pools]]\nurl = "stratum+tcp://127.0.0.1:{pool.port}"\nuser = "w.1"\n'
-            '[board]\nkind = "emulated"\n'
-        )
+        conf = loads(emulated_config(tmp_path, pool.port, api='password = "owner-pw-123"\n'))
         service = MiningService(conf, notifier=Notifier({}))
-        stop = asyncio.Event()
-        runner = asyncio.create_task(service.run(stop))
-        await asyncio.wait_for(service.ready.wait(), WAIT_S)
+        stop, runner = await start_service(service)
         assert service.surfaces is not None and service.surfaces.web is not None
         web, api4028 = service.surfaces.web.port, service.surfaces.cgminer.port
         loop = asyncio.get_running_loop()
@@ -319,9 +321,7 @@ def test_guardian_pauses_and_resumes_the_running_agent(tmp_path: Path) -> None:
             'electricity_usd_kwh = 0.1\nwatts_default = 800\n'
         )
         service = MiningService(conf, notifier=Notifier({}))
-        stop = asyncio.Event()
-        runner = asyncio.create_task(service.run(stop))
-        await asyncio.wait_for(service.ready.wait(), WAIT_S)
+        stop, runner = await start_service(service)
         await wait_for(lambda: service.paused, "the guardian never paused")
         assert service.paused_by == "guardian"
         snap = service.state.snapshot()
@@ -357,15 +357,9 @@ def test_heat_ramp_on_the_running_agent(tmp_path: Path) -> None:
     async def main() -> None:
         pool = StratumPool(policy=FixedDifficulty(1 / 256))
         await pool.start()
-        conf = loads(
-            API_ON_FREE_PORTS + f'[agent]\nstate_dir = "{tmp_path}"\n'
-            f'[[pools]]\nurl = "stratum+tcp://127.0.0.1:{pool.port}"\nuser = "w.1"\n'
-            '[board]\nkind = "emulated"\n'
-        )
+        conf = loads(emulated_config(tmp_path, pool.port))
         service = MiningService(conf, notifier=Notifier({}))
-        stop = asyncio.Event()
-        runner = asyncio.create_task(service.run(stop))
-        await asyncio.wait_for(service.ready.wait(), WAIT_S)
+        stop, runner = await start_service(service)
         emulator = service.emulator
         assert emulator is not None and service.thermal is not None
         emulator.physics_speed = 20.0
