@@ -320,6 +320,8 @@ def _log_status(snap: dict) -> None:
 
 def cmd_emulate(args: argparse.Namespace, out: TextIO) -> int:
     """Serve an emulated BM1485 board's chains on pseudo-terminals until SIGINT or SIGTERM."""
+    if args.root is not None:
+        return _emulate_board(args, out)
     import threading
 
     from agent.emulator.hashboard import EmulatedBoard
@@ -348,6 +350,35 @@ def cmd_emulate(args: argparse.Namespace, out: TextIO) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         board.stop()
+    return EXIT_OK
+
+
+def _emulate_board(args: argparse.Namespace, out: TextIO) -> int:
+    """The whole emulated L3+ (chains, I2C parts, fans, thermal model) in this process, for an
+    agent in another one: `[board] kind = "emulated"` with `emulator_dir` = the root."""
+    from agent.emulator.server import serve
+
+    def ready(desc: dict) -> None:
+        for i, path in enumerate(desc["uarts"]):
+            print(f"chain {i}: {path}", file=out)
+        print(f"i2c bus: {desc['i2c_bus']}\nsysfs root: {desc['sysfs_root']}", file=out)
+        print(f'agent config: [board] kind = "emulated", emulator_dir = "{args.root}"; '
+              "Ctrl-C to stop", file=out, flush=True)  # fmt: skip
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(args.root, stop, ready, chains=args.chains, chips=args.chips,
+                    ticket_difficulty=args.difficulty, rate_scale=args.rate_scale,
+                    ambient_c=args.ambient_c, seed=args.seed)  # fmt: skip
+
+    try:
+        asyncio.run(main())
+    except OSError as e:
+        print(f"emulate: {args.root}: {e}", file=sys.stderr)
+        return EXIT_FAIL
     return EXIT_OK
 
 
@@ -486,6 +517,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--rate-scale", type=float, default=1.0, help="multiply the modelled hash rate (default 1)"
     )
+    s.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="serve the whole board (I2C parts on DIR/link.sock, fans and GPIOs in DIR, thermal "
+        "model) for an agent with [board] emulator_dir = DIR; without it, the chains only",
+    )
+    s.add_argument(
+        "--ambient-c",
+        type=float,
+        default=D.EMULATOR_AMBIENT_C,
+        help=f"with --root: ambient temperature (default {D.EMULATOR_AMBIENT_C:g})",
+    )
+    s.add_argument("--seed", type=int, default=None, help="with --root: seed of the chips' luck")
     s.set_defaults(func=cmd_emulate)
 
     from agent import cli_ssh  # status, pools, logs: the maintenance commands for SSH

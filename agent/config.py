@@ -107,6 +107,7 @@ class BoardConfig:
     i2c_bus: int | str | None = None
     sysfs_root: str | None = None
     host: str | None = None  # remote: the stock miner's address
+    emulator_dir: str | None = None  # emulated: attach to `doge-agent emulate --root DIR`
 
 
 @dataclass(frozen=True)
@@ -474,6 +475,7 @@ SCHEMA: dict[str, dict[str, Checker]] = {
         "i2c_bus": i2c_bus,
         "sysfs_root": text,
         "host": text,
+        "emulator_dir": text,
     },
     "thermal": {
         "mode": one_of(D.THERMAL_MODES),
@@ -573,8 +575,8 @@ SCHEMA: dict[str, dict[str, Checker]] = {
 STRING_KEYS = frozenset(
     {
         "environment", "state_dir", "log_level", "url", "user", "password", "password_enc",
-        "kind", "sysfs_root", "host", "mode", "http_listen", "cgminer_listen", "token",
-        "tls_cert", "tls_key", "stale_policy", "currency", "price_url", "price_file",
+        "kind", "sysfs_root", "host", "emulator_dir", "mode", "http_listen", "cgminer_listen",
+        "token", "tls_cert", "tls_key", "stale_policy", "currency", "price_url", "price_file",
         "file", "level", "console",
     }
 )  # fmt: skip
@@ -667,6 +669,8 @@ def validate(data: Mapping[str, Any]) -> tuple[Config | None, list[str]]:
     _check_api(_table(data, "api", []), api, errors)
     if board.get("kind", D.BOARD_KIND) == "remote" and "host" not in board:
         errors.append('board.host: missing (required when board.kind = "remote")')
+    if "emulator_dir" in board and board.get("kind", D.BOARD_KIND) != "emulated":
+        errors.append('board.emulator_dir: only for board.kind = "emulated"')
     if "ticket_difficulty" not in board and board.get("kind") == "l3plus":
         board["ticket_difficulty"] = D.BM1485_TICKET_DIFFICULTY
     listens = [api.get("http_listen", D.HTTP_LISTEN), api.get("cgminer_listen", D.CGMINER_LISTEN)]

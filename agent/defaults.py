@@ -284,6 +284,13 @@ EMULATOR_AMBIENT_C = 25.0
 EMULATOR_TICK_S = 0.1
 # where a running agent keeps the emulated board's sysfs folder (under state_dir)
 EMULATOR_DIR = "emulated-board"
+# `doge-agent emulate --root DIR`: the emulator in its own process describes itself in
+# DIR/EMULATOR_FILE and answers I2C and fault-injection requests on DIR/EMULATOR_SOCKET
+EMULATOR_FILE = "emulator.json"
+EMULATOR_SOCKET = "link.sock"
+EMULATOR_LINK_TIMEOUT_S = 2.0  # one I2C transaction or control request over the link
+EMULATOR_LINK_MAX_CLIENTS = 8
+EMULATOR_LINK_MAX_LINE_BYTES = 64 * 1024  # one request or reply line over the link
 # recent chain events kept for the status page
 RECENT_EVENTS = 50
 # how often chain and fan readings are copied into the snapshot (and the watchdog at most)

@@ -789,7 +789,10 @@ class MiningService:
                     on_hashes=lambda _chip, n: self.state.add_hashes(0, n),
                 )
             ]
-        if board.kind == "emulated":
+        if board.kind == "emulated" and board.emulator_dir:
+            profile = self._external_emulator(board.emulator_dir)
+            peripherals = None
+        elif board.kind == "emulated":
             from agent.emulator.board import EmulatedL3Plus
 
             root = Path(self.conf.agent.state_dir) / D.EMULATOR_DIR
@@ -826,6 +829,22 @@ class MiningService:
         if not units:
             raise StartupError("no hash board is present")
         return units
+
+    def _external_emulator(self, root: str) -> Any:
+        """The profile of an emulated board served by `doge-agent emulate --root DIR` in another
+        process: its ptys, its sysfs folder and its I2C bus on a unix socket."""
+        from agent.emulator.server import read_description
+        from agent.hardware import profile as PR
+
+        try:
+            desc = read_description(root)
+            return PR.load("emulated", self.conf.board, overrides={
+                k: desc[k] for k in ("sysfs_root", "i2c_bus", "chains", "chips_per_chain")
+            } | {"uarts": tuple(desc["uarts"])})  # fmt: skip
+        except ValueError as exc:  # a description that is missing, stale or not ours
+            raise StartupError(f"board.emulator_dir: {exc}") from None
+        except PR.ProfileError as exc:
+            raise StartupError("; ".join(exc.errors)) from None
 
     def _make_remote(self) -> HashingUnit:
         """A stock miner read and controlled through pyasic (the optional `remote` extra). Its

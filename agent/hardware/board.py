@@ -2,7 +2,8 @@
 LEDs; board presence and the ASIC reset lines; the PIC heartbeat and LED tasks.
 
 Board.open(profile) opens smbus2.SMBus on a real controller, or takes the emulator's SMBus-shaped
-object when profile.i2c_bus == "emulated". The chains (agent/hardware/chain.py) are made through
+object when profile.i2c_bus == "emulated", or the link to an emulator in another process
+("unix:PATH", agent/hardware/linkbus.py). The chains (agent/hardware/chain.py) are made through
 build_chains(factory): the factory is called once per present chain with (chain index, UART path,
 board) and returns whatever object drives that chain, so this module does not depend on it."""
 
@@ -38,6 +39,10 @@ def open_bus(profile: Profile, emulator: Any = None) -> Any:
         if emulator is None:
             raise BoardError('i2c_bus = "emulated" needs the emulator (agent.emulator.peripherals)')
         return emulator.bus
+    if isinstance(profile.i2c_bus, str) and profile.i2c_bus.startswith("unix:"):
+        from agent.hardware.linkbus import LinkBus  # an emulator in its own process
+
+        return LinkBus(profile.i2c_bus)
     try:
         import smbus2
     except ImportError as e:  # pragma: no cover - smbus2 is a dependency
