@@ -1,19 +1,20 @@
 """`make bench`, mining section: the figures issues 4, 5, 6 and 9 ask of the mining path.
 
-Everything runs on loopback against the in-process Stratum pool (agent.emulator.pool) and the
-emulated L3+ (4 chains x 72 BM1485 on pseudo-terminals). Nothing in the agent is changed: the time
-stamps come from wrappers the bench installs around existing methods, in this process only.
+Everything runs on loopback against the local Stratum pool (agent.emulator.pool, on a thread of
+the bench) and the emulated L3+ (4 chains x 72 BM1485 on pseudo-terminals) in a process of its own
+(`doge-agent emulate --root DIR`), as the hash boards are outside the agent on a real miner.
+Nothing in the agent is changed: the time stamps come from wrappers the bench installs around
+existing methods, in this process only.
 
 * `ingest()`: BM1485 frames decoded per second and nonces ingested per second by the chain driver
   (decode, checks, scrypt verification, hand-off), on one core (the thread pinned to one CPU).
-* `in_process()`: the agent (MiningService, kind = "emulated") on this process's event loop, the
+* `in_process()`: the agent (MiningService, attached to the emulator) on this process's loop, the
   pools on their own loop in a thread, load generators in a spawned process (bench/load.py):
   notify -> work ready / written to all 4 chains, nonce -> submit; the same under good-request
   load (requests per second of /api/status and 4028) and under a flood of bad requests; failover
   from a killed primary pool to the backup.
-* `agent_process()`: `python bench/agent_proc.py run -c FILE` (the agent's own entry point plus
-  two bench wrappers) in a subprocess: start-up to first share, RSS and CPU while mining, with the
-  emulated chips' threads (hardware on a real board) split out of the CPU figure.
+* `agent_process()`: `doge-agent run -c FILE` in a subprocess: start-up to first share, RSS and CPU
+  while mining, at the real nonce rate and 100x; the emulator's process measured beside it.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from agent import defaults as D
 from agent.config import loads
 from agent.emulator import pool as pool_mod
 from agent.emulator.pool import FixedDifficulty, StratumPool
+from agent.emulator.server import EmulatorProcess
 from agent.hardware import bm1485 as bm
 from agent.hardware.chain import Chain, ChipStats
 from agent.hardware.cpu import Nonce, Work
@@ -363,12 +365,12 @@ async def _notifies(pools: PoolThread, seconds: float, interval_s: float) -> int
     return n
 
 
-def _agent_conf(tmp: Path, urls: list[str], extra_board: str = "") -> str:
+def _agent_conf(tmp: Path, urls: list[str], emulator_dir: Path, extra_board: str = "") -> str:
     pools = "".join(f'[[pools]]\nurl = "{u}"\nuser = "w.{i}"\n' for i, u in enumerate(urls))
     return (
         '[api]\nhttp_listen = "127.0.0.1:0"\ncgminer_listen = "127.0.0.1:0"\n'
         f'[agent]\nstate_dir = "{tmp}"\n' + pools
-        + '[board]\nkind = "emulated"\nchains = 4\nchips_per_chain = 72\n' + extra_board
+        + f'[board]\nkind = "emulated"\nemulator_dir = "{emulator_dir}"\n' + extra_board
     )
 
 
@@ -393,9 +395,10 @@ async def _in_process(quick: bool) -> dict[str, Any]:
     pools.start(2)
     loop = asyncio.get_running_loop()
     out: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="doge-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="doge-bench-") as tmp, \
+            EmulatorProcess(Path(tmp) / "board") as emu:
         urls = [f"stratum+tcp://127.0.0.1:{p.port}" for p in pools.pools]
-        conf = loads(_agent_conf(Path(tmp), urls))
+        conf = loads(_agent_conf(Path(tmp), urls, emu.root))
         service = MiningService(conf, notifier=Notifier({}),
                                 pool_options=PoolOptions(stability_s=0.5))  # fmt: skip
         probe = Probe()
@@ -541,39 +544,41 @@ def _status_snapshot(port: int) -> dict[str, Any]:
 
 def agent_process(rate_scale: float = 1.0, settle_s: float = 5.0, seconds: float = 20.0
                   ) -> dict[str, Any]:  # fmt: skip
-    """The agent in a subprocess mining the emulated L3+: start-up to first share, then RSS and
-    CPU over `seconds`. At rate_scale k the emulated chips report k x the nonces; their ticket is
-    made k x easier so that the emulator's own scrypt work (and CPU) stays that of 1x."""
+    """`doge-agent run -c FILE` in a subprocess mining the emulated L3+, which runs in a process
+    of its own (`doge-agent emulate --root`, hardware on a real board): start-up to first share,
+    then the agent's RSS and CPU over `seconds`, the emulator's beside them. At rate_scale k the
+    emulated chips report k x the nonces; their ticket is k x easier, so that the emulator's own
+    scrypt work (and CPU) stays that of 1x while the agent verifies k x the nonces."""
     pools = PoolThread(1 / 64)
     pools.start(1)
     web, api = _free_port(), _free_port()
+    td = D.EMULATED_TICKET_DIFFICULTY / rate_scale
     try:
-        with tempfile.TemporaryDirectory(prefix="doge-bench-") as tmp:
-            td = D.EMULATED_TICKET_DIFFICULTY / rate_scale
+        with tempfile.TemporaryDirectory(prefix="doge-bench-") as tmp, EmulatorProcess(
+            Path(tmp) / "board", "--rate-scale", repr(rate_scale), "--difficulty", repr(td)
+        ) as emu:
             text = _agent_conf(Path(tmp), [f"stratum+tcp://127.0.0.1:{pools.pools[0].port}"],
-                               f"ticket_difficulty = {td!r}\n")
+                               emu.root, f"ticket_difficulty = {td!r}\n")
             text = text.replace('"127.0.0.1:0"\ncgminer', f'"127.0.0.1:{web}"\ncgminer', 1)
             text = text.replace('cgminer_listen = "127.0.0.1:0"',
                                 f'cgminer_listen = "127.0.0.1:{api}"')
             conf = Path(tmp) / "agent.toml"
             conf.write_text(text)
-            threads_file = Path(tmp) / "emulator-threads"
             env = {k: v for k, v in os.environ.items()
                    if not k.startswith(("DOGE_AGENT", "NOTIFY_", "WATCHDOG_"))}
-            env.update(PYTHONPATH=str(ROOT), DOGE_BENCH_RATE_SCALE=str(rate_scale),
-                       DOGE_BENCH_THREADS_FILE=str(threads_file))
-            return _measure_process(conf, env, threads_file, web, settle_s, seconds, rate_scale)
+            env.update(PYTHONPATH=str(ROOT))
+            return _measure_process(conf, env, emu.pid, web, settle_s, seconds, rate_scale)
     finally:
         pools.stop()
 
 
-def _measure_process(conf: Path, env: dict[str, str], threads_file: Path, web: int,
+def _measure_process(conf: Path, env: dict[str, str], emulator_pid: int, web: int,
                      settle_s: float, seconds: float, rate_scale: float) -> dict[str, Any]:
     marks: dict[str, float] = {}
     log_tail: list[str] = []
     t_start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "agent_proc.py"), "run", "-c",
-                             str(conf)], stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "-c", str(conf)],
+                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
 
     def read() -> None:
         assert proc.stderr is not None
@@ -595,26 +600,25 @@ def _measure_process(conf: Path, env: dict[str, str], threads_file: Path, web: i
         if "first_share" not in marks:
             raise RuntimeError("the agent found no share:\n" + "".join(log_tail))
         time.sleep(settle_s)
-        ps = psutil.Process(proc.pid)
-        emu_ids = {int(x) for x in threads_file.read_text().split()}
+        agent, emulator = psutil.Process(proc.pid), psutil.Process(emulator_pid)
 
-        def cpu() -> tuple[float, float]:
-            total = ps.cpu_times()
-            emu = sum(t.user_time + t.system_time for t in ps.threads() if t.id in emu_ids)
-            return total.user + total.system, emu
+        def cpu(p: psutil.Process) -> float:
+            t = p.cpu_times()
+            return float(t.user + t.system)
 
         snap0 = _status_snapshot(web)
-        c0, e0, w0 = *cpu(), time.perf_counter()
+        c0, e0, w0 = cpu(agent), cpu(emulator), time.perf_counter()
         rss: list[int] = []
+        emu_rss: list[int] = []
         while time.perf_counter() - w0 < seconds:
-            rss.append(ps.memory_info().rss)
+            rss.append(agent.memory_info().rss)
+            emu_rss.append(emulator.memory_info().rss)
             time.sleep(0.25)
-        c1, e1, w1 = *cpu(), time.perf_counter()
+        c1, e1, w1 = cpu(agent), cpu(emulator), time.perf_counter()
         snap1 = _status_snapshot(web)
-        uss = ps.memory_full_info().uss
+        uss = agent.memory_full_info().uss
+        threads = agent.num_threads()
         wall = w1 - w0
-        total_pct = 100 * (c1 - c0) / wall
-        emu_pct = 100 * (e1 - e0) / wall
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(WAIT_S)
     finally:
@@ -625,7 +629,7 @@ def _measure_process(conf: Path, env: dict[str, str], threads_file: Path, web: i
     nonces = snap1["nonces"] - snap0["nonces"]
     return {
         "rate_scale": rate_scale,
-        "command": "python bench/agent_proc.py run -c FILE",
+        "command": "doge-agent run -c FILE; the board: doge-agent emulate --root DIR",
         "startup_to_ready_s": round(marks["ready"] - t_start, 3) if "ready" in marks else None,
         "startup_to_first_share_s": round(marks["first_share"] - t_start, 3),
         "window_s": round(wall, 2),
@@ -634,40 +638,12 @@ def _measure_process(conf: Path, env: dict[str, str], threads_file: Path, web: i
         "rss_mb_max": round(max(rss) / 2**20, 1),
         "rss_mb_mean": round(sum(rss) / len(rss) / 2**20, 1),
         "uss_mb": round(uss / 2**20, 1),
-        "cpu_pct_process": round(total_pct, 2),
-        "cpu_pct_emulated_chips": round(emu_pct, 2),
-        "cpu_pct_agent": round(total_pct - emu_pct, 2),
+        "threads": threads,
+        "cpu_pct_agent": round(100 * (c1 - c0) / wall, 2),
+        "emulator_process": {"cpu_pct": round(100 * (e1 - e0) / wall, 2),
+                             "rss_mb_max": round(max(emu_rss) / 2**20, 1)},
         "exit_code": code,
     }
-
-
-EMULATOR_ALONE = """
-import asyncio, sys, tempfile, time, psutil
-from agent.emulator.board import EmulatedL3Plus
-async def main(seconds):
-    with tempfile.TemporaryDirectory() as tmp:
-        emu = EmulatedL3Plus(tmp)
-        await emu.start()
-        ps = psutil.Process()
-        await asyncio.sleep(1.0)
-        c0, t0 = sum(ps.cpu_times()[:2]), time.perf_counter()
-        await asyncio.sleep(seconds)
-        cpu = 100 * (sum(ps.cpu_times()[:2]) - c0) / (time.perf_counter() - t0)
-        print(ps.memory_info().rss, cpu)
-        await emu.stop()
-asyncio.run(main(float(sys.argv[1])))
-"""
-
-
-def emulator_alone(seconds: float = 3.0) -> dict[str, Any]:
-    """The emulated L3+ started in a bare interpreter with no driver attached (its chips idle,
-    unaddressed): the memory and CPU the in-process emulator brings to the agent's process."""
-    out = subprocess.run([sys.executable, "-c", EMULATOR_ALONE, str(seconds)], capture_output=True,
-                         text=True, timeout=WAIT_S, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                         check=True)  # fmt: skip
-    rss, cpu = out.stdout.split()
-    return {"rss_mb": round(int(rss) / 2**20, 1), "cpu_pct_idle": round(float(cpu), 2),
-            "note": "interpreter + agent.scrypt + emulator, no driver: chips not hashing"}
 
 
 # ------------------------------------------------------------------------------ all
@@ -684,7 +660,6 @@ def run(quick: bool = False, log: Callable[[str], None] = print) -> dict[str, An
     real = agent_process(1.0, 1.0 if quick else 5.0, 3.0 if quick else 30.0)
     log("mining: agent subprocess at 100x the nonce rate")
     fast = agent_process(100.0, 1.0 if quick else 5.0, 3.0 if quick else 20.0)
-    alone = emulator_alone(1.0 if quick else 3.0)
 
     lat = inp["latency"]
     idle_w = lat["idle"]["notify_to_work_written_4_chains"]
@@ -706,7 +681,7 @@ def run(quick: bool = False, log: Callable[[str], None] = print) -> dict[str, An
         {"name": "agent RSS mining the emulated L3+ (max)", "value": real["rss_mb_max"],
          "unit": "MB", "target": f"< {TARGET_RSS_MB:g}",
          "status": _status(real["rss_mb_max"] < TARGET_RSS_MB)},
-        {"name": "agent CPU at the real nonce rate (emulated chips excluded)",
+        {"name": "agent CPU at the real nonce rate (the emulator in its own process)",
          "value": real["cpu_pct_agent"], "unit": "% of one core",
          "target": f"< {TARGET_CPU_PCT:g}",
          "status": _status(real["cpu_pct_agent"] < TARGET_CPU_PCT)},
@@ -732,8 +707,6 @@ def run(quick: bool = False, log: Callable[[str], None] = print) -> dict[str, An
         "failover": inp["failover"],
         "process_real_rate": real,
         "process_100x_rate": fast,
-        "emulator_alone": alone,
-        "rss_mb_beyond_emulator_alone": round(real["rss_mb_max"] - alone["rss_mb"], 1),
         "flood_vs_idle": {"p50_ratio": flood_ratio_p50, "p99_ratio": flood_ratio_p99},
         "targets": targets,
     }  # fmt: skip
@@ -755,11 +728,10 @@ def render(m: dict[str, Any]) -> str:
                  f"{s['cgminer_4028']['ok_per_s']} req/s")
     for key in ("process_real_rate", "process_100x_rate"):
         p = m[key]
-        lines.append(f"{key}: {p['nonces_per_s']} nonces/s, RSS {p['rss_mb_max']} MB, CPU "
-                     f"process {p['cpu_pct_process']} %, chips {p['cpu_pct_emulated_chips']} %, "
-                     f"agent {p['cpu_pct_agent']} %, first share {p['startup_to_first_share_s']} s")
-    a = m["emulator_alone"]
-    lines.append(f"emulator alone (no driver): RSS {a['rss_mb']} MB, CPU {a['cpu_pct_idle']} %")
+        e = p["emulator_process"]
+        lines.append(f"{key}: {p['nonces_per_s']} nonces/s; agent RSS {p['rss_mb_max']} MB, CPU "
+                     f"{p['cpu_pct_agent']} %; emulator process CPU {e['cpu_pct']} %, RSS "
+                     f"{e['rss_mb_max']} MB; first share {p['startup_to_first_share_s']} s")
     for t in m["targets"]:
         lines.append(f"  {t['name']}: {t['value']} {t['unit']} (target {t['target']}) "
                      f"{t['status']}")
