@@ -532,6 +532,7 @@ class MiningService:
         self._deaths[name] = times
         self.counts["task_deaths"] += 1
         self.counts[f"died: {name}"] += 1
+        self.state.task_restarts = self.counts["task_deaths"]
         if len(times) > D.SUPERVISE_MAX_FAILURES:
             log.error("%s died %d times within %.0f s (last: %s): giving up", name, len(times),
                       D.SUPERVISE_WINDOW_S, why)  # fmt: skip

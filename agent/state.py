@@ -120,6 +120,7 @@ class State:
         self.tuner: dict[str, str] = {"state": "idle", "reason": "starting"}
         self.thermal: dict[str, str] = {"state": "starting", "reason": "starting"}
         self.events: deque[dict[str, Any]] = deque(maxlen=D.WEB_EVENTS_KEPT)
+        self.task_restarts = 0  # tasks of the service that died and were restarted
 
     # ------------------------------------------------------------------ hashing side
 
@@ -384,6 +385,7 @@ class State:
                 "tuner": dict(self.tuner),
                 "thermal": dict(self.thermal),
                 "events": [dict(e) for e in reversed(self.events)],  # newest first
+                "task_restarts": self.task_restarts,
             }
 
 

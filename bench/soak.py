@@ -4,6 +4,10 @@ restarts and random chip faults, sampled every few seconds; a table and bench/so
 Usage: .venv/bin/python bench/soak.py [--minutes N] [--hours H] [--sample-s S]
        [--pool-restart-s S] [--pool-down-s S] [--fault-s S] [--seed N] [--json PATH]
 
+The agent runs as `doge-agent run` in its own process and the emulated L3+ as `doge-agent emulate
+--root` in another, so the figures are the agent's alone (the emulator's RSS and CPU are sampled
+beside them). Faults reach the emulator over its link socket.
+
 Figures (a benchmark reports, it does not pass or fail): RSS and its growth (least-squares slope
 over the samples after the warm-up, MB/hour), CPU % of one core, task restarts (the service's
 task-death counter), nonces the emulated chips emitted versus nonces the agent accounted for
@@ -14,12 +18,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
+import http.client
 import json
 import logging
+import os
 import random
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,12 +40,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: make the in-place built `agent` importable
 
-from agent.config import loads  # noqa: E402
 from agent.emulator.pool import FixedDifficulty, StratumPool  # noqa: E402
-from agent.sdnotify import Notifier  # noqa: E402
-from agent.service import MiningService  # noqa: E402
-from agent.stratum.client import ClientOptions  # noqa: E402
-from agent.stratum.pools import PoolOptions  # noqa: E402
+from agent.emulator.server import EmulatorControl, EmulatorProcess  # noqa: E402
 
 POOL_DIFFICULTY = 1 / 256
 WARMUP_FRACTION = 0.2  # RSS growth is fitted after this share of the run (imports, caches)
@@ -53,6 +60,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def slope_per_hour(points: list[tuple[float, float]]) -> float:
     """Least-squares slope of (seconds, value) points, per hour."""
     if len(points) < 2:
@@ -68,6 +81,10 @@ def slope_per_hour(points: list[tuple[float, float]]) -> float:
 
 
 class Soak:
+    """Three processes, as on a real site: `doge-agent run` (measured), the emulated L3+
+    (`doge-agent emulate --root`, hardware on a real miner) and the local pool (here, in the
+    soak's own loop: it stands for a pool on the internet)."""
+
     def __init__(self, args: argparse.Namespace, state_dir: Path) -> None:
         self.args = args
         self.duration_s = (args.hours * 3600.0) if args.hours else args.minutes * 60.0
@@ -78,7 +95,10 @@ class Soak:
         self.faults: dict[str, int] = {}
         self.pool_restarts = 0
         self.invariant_breaks = 0
-        self.proc = psutil.Process()
+        self.agent: psutil.Process | None = None
+        self.emulator: psutil.Process | None = None
+        self.web_port = 0
+        self.log_tail: list[str] = []
 
     def _fault(self, kind: str) -> None:
         self.faults[kind] = self.faults.get(kind, 0) + 1
@@ -93,36 +113,47 @@ class Soak:
             await self.pool.start()
             self.pool_restarts += 1
 
-    async def _chip_faults(self, emulator: Any) -> None:
-        chains = emulator.chips.chains
+    async def _chip_faults(self, control: EmulatorControl, chains: int, chips: int) -> None:
         while True:
             await asyncio.sleep(self.args.fault_s)
-            chain = self.rng.choice(chains)
+            chain = self.rng.randrange(chains)
             kind = self.rng.choice(("vanish", "noise", "bad_nonces"))
             self._fault(kind)
             if kind == "vanish":
-                gone = self.rng.sample(range(len(chain._chips)), self.rng.randint(1, 8))
+                gone = self.rng.sample(range(chips), self.rng.randint(1, 8))
                 for p in gone:
-                    chain.vanish(p)
+                    control.chain(chain, "vanish", p)
                 await asyncio.sleep(min(10.0, self.args.fault_s / 2))
                 for p in gone:
-                    chain.restore(p)
+                    control.chain(chain, "restore", p)
             elif kind == "noise":
-                chain.noise(self.rng.randint(16, 256))
+                control.chain(chain, "noise", self.rng.randint(16, 256))
             else:
-                chain.bad_nonces(self.rng.randint(1, 5))
+                control.chain(chain, "bad_nonces", self.rng.randint(1, 5))
 
-    def _sample(self, service: MiningService, emulator: Any, t0: float) -> dict[str, Any]:
-        snap = service.state.snapshot()
+    def _status(self) -> dict[str, Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.web_port, timeout=10)
+        try:
+            conn.request("GET", "/api/status")
+            return json.loads(conn.getresponse().read())  # type: ignore[no-any-return]
+        finally:
+            conn.close()
+
+    def _sample(self, control: EmulatorControl, t0: float) -> dict[str, Any]:
+        assert self.agent is not None and self.emulator is not None
+        emitted = sum(c["nonces_out"] for c in control.stats()["chains"])
+        snap = self._status()
         s = snap["shares"]
         if snap["nonces"] != sum(s.values()):
             self.invariant_breaks += 1
         row = {
             "t_s": round(time.monotonic() - t0, 1),
-            "rss_mb": round(self.proc.memory_info().rss / 1e6, 2),
-            "cpu_pct": round(self.proc.cpu_percent(None), 1),
-            "task_restarts": int(service.counts.get("task_deaths", 0)),
-            "emitted": sum(c.stats.nonces_out for c in emulator.chips.chains),
+            "rss_mb": round(self.agent.memory_info().rss / 1e6, 2),
+            "cpu_pct": round(self.agent.cpu_percent(None), 1),
+            "emulator_rss_mb": round(self.emulator.memory_info().rss / 1e6, 2),
+            "emulator_cpu_pct": round(self.emulator.cpu_percent(None), 1),
+            "task_restarts": int(snap.get("task_restarts", 0)),
+            "emitted": emitted,
             "nonces": snap["nonces"],
             "hashrate_hs": round(snap["hashrate_hs"], 1),
             **s,
@@ -130,34 +161,73 @@ class Soak:
         self.samples.append(row)
         return row
 
-    async def run(self) -> dict[str, Any]:
-        await self.pool.start()
-        conf = loads(
-            '[api]\nhttp_listen = "127.0.0.1:0"\ncgminer_listen = "127.0.0.1:0"\n'
+    def _config(self, root: Path) -> Path:
+        self.web_port = _free_port()
+        conf = self.state_dir / "agent.toml"
+        conf.write_text(
+            f'[api]\nhttp_listen = "127.0.0.1:{self.web_port}"\ncgminer_listen = "127.0.0.1:0"\n'
             f'[agent]\nstate_dir = "{self.state_dir}"\n'
             f'[[pools]]\nurl = "stratum+tcp://127.0.0.1:{self.pool.port}"\nuser = "soak.1"\n'
-            '[board]\nkind = "emulated"\nchains = 4\nchips_per_chain = 72\n'
+            f'[board]\nkind = "emulated"\nemulator_dir = "{root}"\n'
         )
-        options = PoolOptions(
-            backoff_base_s=0.2, backoff_cap_s=2.0, client=ClientOptions(submit_timeout_s=5.0)
-        )
-        service = MiningService(conf, notifier=Notifier({}), pool_options=options)
-        stop = asyncio.Event()
-        runner = asyncio.create_task(service.run(stop))
-        await asyncio.wait_for(service.ready.wait(), 120)
-        emulator = service.emulator
+        return conf
+
+    async def _until_mining(self, proc: subprocess.Popen[str]) -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(OSError):
+                if self._status()["shares"]["accepted"] > 0:
+                    return
+            await asyncio.sleep(0.5)  # polling a child's status page against a deadline
+        raise RuntimeError("the agent did not start mining:\n" + "".join(self.log_tail))
+
+    async def run(self) -> dict[str, Any]:
+        await self.pool.start()
+        root = self.state_dir / "board"
+        with EmulatorProcess(root, "--seed", str(self.args.seed)) as emu:
+            control = emu.control()
+            self.emulator = psutil.Process(emu.pid)
+            env = {k: v for k, v in os.environ.items()
+                   if not k.startswith(("DOGE_AGENT", "NOTIFY_", "WATCHDOG_"))}  # fmt: skip
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "agent", "run", "-c", str(self._config(root))],
+                stderr=subprocess.PIPE, text=True, env=env,
+            )  # fmt: skip
+            reader = threading.Thread(target=self._read_log, args=(proc,), daemon=True)
+            reader.start()
+            try:
+                return await self._soak(proc, control, emu)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(10)
+                control.close()
+                await self.pool.stop()
+
+    def _read_log(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # kept for a failure report; the agent logs at info
+            self.log_tail.append(line)
+            del self.log_tail[:-100]
+
+    async def _soak(self, proc: subprocess.Popen[str], control: EmulatorControl,
+                    emu: EmulatorProcess) -> dict[str, Any]:  # fmt: skip
+        await self._until_mining(proc)
+        self.agent = psutil.Process(proc.pid)
+        chains, chips = emu.description["chains"], emu.description["chips_per_chain"]
         t0 = time.monotonic()
-        self.proc.cpu_percent(None)
+        self.agent.cpu_percent(None)
+        self.emulator.cpu_percent(None)  # type: ignore[union-attr]
         helpers = [
             asyncio.create_task(self._pool_restarts()),
-            asyncio.create_task(self._chip_faults(emulator)),
+            asyncio.create_task(self._chip_faults(control, chains, chips)),
         ]
         print(f"{'t_s':>7} {'rss_mb':>7} {'cpu%':>6} {'H/s':>7} {'emitted':>8} {'nonces':>8} "
               f"{'accepted':>8} {'stale':>6} {'hw':>5} {'pending':>7} {'restarts':>8}")  # fmt: skip
         try:
-            while time.monotonic() - t0 < self.duration_s and not runner.done():
+            while time.monotonic() - t0 < self.duration_s and proc.poll() is None:
                 await asyncio.sleep(self.args.sample_s)
-                r = self._sample(service, emulator, t0)
+                r = await asyncio.to_thread(self._sample, control, t0)
                 print(f"{r['t_s']:>7} {r['rss_mb']:>7} {r['cpu_pct']:>6} {r['hashrate_hs']:>7} "
                       f"{r['emitted']:>8} {r['nonces']:>8} {r['accepted']:>8} {r['stale']:>6} "
                       f"{r['hw_errors']:>5} {r['pending']:>7} {r['task_restarts']:>8}",
@@ -166,24 +236,24 @@ class Soak:
             for h in helpers:
                 h.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
-        for chain in emulator.chips.chains:  # every chip back before the final count
-            for p in range(len(chain._chips)):
-                chain.restore(p)
-        # let the lines and the pool settle: pending answered, every emitted nonce read
+        if proc.poll() is not None:
+            raise RuntimeError("the agent exited during the soak:\n" + "".join(self.log_tail))
+        for chain in range(chains):  # every chip back before the final count
+            for p in range(chips):
+                control.chain(chain, "restore", p)
+        # the final count: the lines and the pool settle (pending answered, every nonce the chips
+        # emitted before the status was read is counted)
         deadline = time.monotonic() + 30
-        emitted = sum(c.stats.nonces_out for c in emulator.chips.chains)
         while time.monotonic() < deadline:
-            snap = service.state.snapshot()
+            emitted = sum(c["nonces_out"] for c in control.stats()["chains"])
+            snap = await asyncio.to_thread(self._status)
             if snap["shares"]["pending"] == 0 and snap["nonces"] >= emitted:
                 break
             await asyncio.sleep(0.2)
-        self._sample(service, emulator, t0)
-        task_alive = not runner.done()
-        stop.set()
-        code = await asyncio.wait_for(runner, 120)  # chains stopped: the chips' count is final
-        await self.pool.stop()
-        final = self._sample(service, emulator, t0)
-        return self._report(final, task_alive, code)
+        final = await asyncio.to_thread(self._sample, control, t0)
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 120)
+        return self._report(final, True, code)
 
     def _report(self, final: dict[str, Any], alive: bool, code: int) -> dict[str, Any]:
         t_end = final["t_s"]
@@ -194,7 +264,10 @@ class Soak:
         return {
             "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "duration_s": t_end,
-            "board": "emulated L3+ (4 x 72 BM1485), ticket 1/1024; local pool, difficulty 1/256",
+            "board": "emulated L3+ (4 x 72 BM1485) in its own process, ticket 1/1024; local pool, "
+                     "difficulty 1/256; figures of the agent's process",
+            "emulator_rss_mb": {"start": self.samples[0]["emulator_rss_mb"],
+                                "end": self.samples[-1]["emulator_rss_mb"]},
             "load_avg_at_end": [round(x, 2) for x in psutil.getloadavg()],
             "rss_mb": {"start": rss[0], "end": rss[-1], "max": max(rss)},
             "rss_growth_mb_per_hour": round(slope_per_hour(fit), 2),

@@ -48,3 +48,23 @@ def test_quick_mining_bench_writes_every_section(tmp_path: Path) -> None:
     assert {"p50_ratio", "p99_ratio"} <= set(m["flood_vs_idle"])
     assert len(m["targets"]) == 7
     assert all(t["status"] in ("PASS", "BELOW") for t in m["targets"])
+
+
+def test_short_soak_accounts_for_every_nonce(tmp_path: Path) -> None:
+    """bench/soak.py for 40 s with a pool restart and chip faults every few seconds: the agent
+    (its own process) keeps mining, no task dies, every nonce lands in one bucket."""
+    out = tmp_path / "soak.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "soak.py"), "--minutes", "0.67", "--sample-s", "2",
+         "--pool-restart-s", "12", "--pool-down-s", "2", "--fault-s", "3", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["exit_code"] == 0 and r["task_restarts"] == 0 and r["invariant_breaks"] == 0
+    assert r["pool_restarts"] >= 2 and sum(r["chip_faults"].values()) >= 5
+    assert r["nonces_accounted"] == sum(r["buckets"].values()) > 0
+    assert r["buckets"]["pending"] == 0 and r["buckets"]["accepted"] > 0
+    # every nonce the chips emitted is counted (line noise adds HW errors, so >= not ==)
+    assert r["nonces_accounted"] >= r["nonces_emitted_by_chips"]
+    assert r["rss_mb"]["max"] > 0 and r["emulator_rss_mb"]["end"] > 0
