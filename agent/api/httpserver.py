@@ -148,6 +148,8 @@ class Request:
             return json.loads(self.body.decode("utf-8")) if self.body else None
         except (UnicodeDecodeError, ValueError):
             raise HTTPError(400, "body is not valid JSON") from None
+        except RecursionError:  # [[[[... within the body limit: a 400, not a handler crash
+            raise HTTPError(400, "body is JSON nested too deeply") from None
 
     def form(self) -> dict[str, str]:
         """An application/x-www-form-urlencoded body (or none) as a dict; last value wins."""
