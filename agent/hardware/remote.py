@@ -111,14 +111,22 @@ def _num(x: Any) -> float | None:
         return None
 
 
+def _int(x: Any, default: int | None = None) -> int | None:
+    """int(x), or `default` for what has no integer value (NaN, infinity, "abc", None)."""
+    try:
+        return int(x)
+    except (TypeError, ValueError, OverflowError):
+        return default
+
+
 def reading_from_data(data: Any) -> RemoteReading:
     """pyasic MinerData -> RemoteReading (nothing is trusted: odd values become None)."""
     boards = []
     for i, b in enumerate(getattr(data, "hashboards", None) or []):
         chips = getattr(b, "chips", None)
         boards.append(BoardReading(
-            slot=int(getattr(b, "slot", i) or i),
-            chips=int(chips) if isinstance(chips, int | float) and chips >= 0 else None,
+            slot=_int(getattr(b, "slot", i) or i, i),
+            chips=_int(chips) if isinstance(chips, int | float) and chips >= 0 else None,
             hashrate_hs=_hs(getattr(b, "hashrate", None)),
             temp_c=_num(getattr(b, "temp", None)),
             chip_temp_c=_num(getattr(b, "chip_temp", None)),
@@ -127,14 +135,14 @@ def reading_from_data(data: Any) -> RemoteReading:
     fans: list[int | None] = []
     for f in getattr(data, "fans", None) or []:
         speed = getattr(f, "speed", None)
-        fans.append(int(speed) if isinstance(speed, int | float) else None)
+        fans.append(_int(speed) if isinstance(speed, int | float) else None)
     pools = []
     for p in getattr(data, "pools", None) or []:
         url = getattr(p, "url", None)
         pools.append(PoolReading(
             url=str(url) if url is not None else "", user=getattr(p, "user", None),
-            accepted=int(getattr(p, "accepted", 0) or 0),
-            rejected=int(getattr(p, "rejected", 0) or 0),
+            accepted=_int(getattr(p, "accepted", 0) or 0, 0),
+            rejected=_int(getattr(p, "rejected", 0) or 0, 0),
             active=bool(getattr(p, "active", False)), alive=bool(getattr(p, "alive", False)),
         ))  # fmt: skip
     uptime = getattr(data, "uptime", None)
@@ -143,7 +151,7 @@ def reading_from_data(data: Any) -> RemoteReading:
     return RemoteReading(
         hashrate_hs=_hs(getattr(data, "raw_hashrate", None) or getattr(data, "hashrate", None)),
         boards=boards, fans_rpm=fans, pools=pools,
-        uptime_s=int(uptime) if isinstance(uptime, int | float) else None,
+        uptime_s=_int(uptime) if isinstance(uptime, int | float) else None,
         is_mining=getattr(data, "is_mining", None),
         model=str(model) if model is not None else None,
     )  # fmt: skip
