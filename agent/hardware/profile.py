@@ -126,7 +126,9 @@ def build(
     """A Profile from parsed TOML plus overrides (by field name); ProfileError names bad keys."""
     errors: list[str] = []
     flat = _flatten(data, source, errors)
-    flat.setdefault("chains", len(flat.get("pic_addresses", ())))
+    pics = flat.get("pic_addresses", ())
+    # (a pic_addresses that is not an array is reported below, by its own check)
+    flat.setdefault("chains", len(pics) if isinstance(pics, list | tuple) else 0)
     for key, value in (overrides or {}).items():
         if value is not None:
             flat[key] = value
