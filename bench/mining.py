@@ -67,6 +67,7 @@ TARGET_RSS_MB = 40.0  # issue 6
 TARGET_CPU_PCT = 3.0  # issue 6: of one core, at the real nonce rate
 TARGET_FLOOD_RATIO = 2.0  # issue 9: notify -> work under a flood within 2x of idle
 REAL_NONCES_PER_S = 30.0  # issue 5: an L3+ at the ticket the emulator models
+EASIEST_TICKET_X = 32  # the 1/1024 ticket (1 nonce in 64 hashes) made at most this much easier
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -547,12 +548,13 @@ def agent_process(rate_scale: float = 1.0, settle_s: float = 5.0, seconds: float
     """`doge-agent run -c FILE` in a subprocess mining the emulated L3+, which runs in a process
     of its own (`doge-agent emulate --root`, hardware on a real board): start-up to first share,
     then the agent's RSS and CPU over `seconds`, the emulator's beside them. At rate_scale k the
-    emulated chips report k x the nonces; their ticket is k x easier, so that the emulator's own
-    scrypt work (and CPU) stays that of 1x while the agent verifies k x the nonces."""
+    emulated chips report k x the nonces; their ticket is up to 32 x easier (1 nonce in 2 hashes:
+    easier would make every hash a nonce and cap the rate), so that the emulator hashes only
+    k / 32 x more than at 1x while the agent verifies k x the nonces."""
     pools = PoolThread(1 / 64)
     pools.start(1)
     web, api = _free_port(), _free_port()
-    td = D.EMULATED_TICKET_DIFFICULTY / rate_scale
+    td = D.EMULATED_TICKET_DIFFICULTY / min(rate_scale, EASIEST_TICKET_X)
     try:
         with tempfile.TemporaryDirectory(prefix="doge-bench-") as tmp, EmulatorProcess(
             Path(tmp) / "board", "--rate-scale", repr(rate_scale), "--difficulty", repr(td)
