@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import os
@@ -80,6 +81,52 @@ def test_a_file_that_is_not_a_key_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SecretsError, match="not a valid Fernet key") as err:
         ensure_key(tmp_path)
     assert "not a key at all" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"QUJD",
+        base64.urlsafe_b64encode(bytes(31)),
+        base64.urlsafe_b64encode(bytes(33)),
+        base64.urlsafe_b64encode(bytes(32))[:-1],
+        b"A" * 45,
+    ],
+)
+def test_the_key_check_agrees_with_fernet(tmp_path: Path, content: bytes) -> None:
+    # The key file is checked without the cryptography package: it must refuse what Fernet refuses.
+    with pytest.raises(ValueError):
+        Fernet(content)
+    path = key_path(tmp_path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, content + b"\n")
+    os.close(fd)
+    with pytest.raises(SecretsError, match="not a valid Fernet key"):
+        ensure_key(tmp_path)
+
+
+def test_a_key_made_by_fernet_is_accepted(tmp_path: Path) -> None:
+    path = key_path(tmp_path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    key = Fernet.generate_key()
+    os.write(fd, key + b"\n")
+    os.close(fd)
+    assert ensure_key(tmp_path) == path
+    assert decrypt(Fernet(key).encrypt(SECRET.encode()).decode(), path) == SECRET
+
+
+def test_the_key_file_is_made_and_checked_without_cryptography(tmp_path: Path) -> None:
+    # Its Rust extension costs ~8 MB of RSS: the agent loads it only to encrypt or decrypt.
+    code = (
+        "import sys\nfrom agent.security import secrets\nimport agent.service\n"
+        f"secrets.ensure_key({str(tmp_path)!r})\nsecrets.ensure_key({str(tmp_path)!r})\n"
+        "assert not [m for m in sys.modules if m.startswith('cryptography')], 'imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=_env(), timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    Fernet(key_path(tmp_path).read_bytes().strip())
 
 
 def test_a_symlinked_key_is_refused(tmp_path: Path) -> None:

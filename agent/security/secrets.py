@@ -2,10 +2,15 @@
 
 The key file is created once (mode 0600, atomically, never overwritten) and checked at every
 start: a key others can read is refused, as is a file that is not a key. No message, exception or
-repr made here ever contains a secret or the key."""
+repr made here ever contains a secret or the key.
+
+The key file is made and checked without the cryptography package (a Fernet key is 32 random
+bytes, url-safe base64): its Rust extension costs ~8 MB of RSS, so it is imported only when a
+token is encrypted or decrypted (a password_enc in the config, `doge-agent secrets encrypt`)."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -14,8 +19,6 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from cryptography.fernet import Fernet, InvalidToken
 
 if TYPE_CHECKING:
     from agent.config import Config
@@ -33,6 +36,18 @@ def key_path(state_dir: str | os.PathLike[str]) -> Path:
 
 
 # ---------------------------------------------------------------------------- the key file
+
+
+def new_key() -> bytes:
+    """A new Fernet key, exactly as Fernet.generate_key() makes it."""
+    return base64.urlsafe_b64encode(os.urandom(32))
+
+
+def _check_key(data: bytes) -> None:
+    """ValueError unless `data` is a key that Fernet() accepts (the same decoding and length;
+    binascii.Error, for bad base64, is a ValueError)."""
+    if len(base64.urlsafe_b64decode(data)) != 32:
+        raise ValueError("not a valid Fernet key")
 
 
 def _check_key_file(path: Path) -> bytes:
@@ -54,7 +69,7 @@ def _check_key_file(path: Path) -> bytes:
     try:
         with open(path, "rb") as f:
             data = f.read(1024).strip()
-        Fernet(data)
+        _check_key(data)
     except (ValueError, OSError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not a valid Fernet key"
         raise SecretsError(
@@ -75,7 +90,7 @@ def _create_key_file(path: Path) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         try:
-            os.write(fd, Fernet.generate_key() + b"\n")
+            os.write(fd, new_key() + b"\n")
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -106,6 +121,8 @@ class SecretBox:
     """Encrypts and decrypts with one board's key. Its repr shows the path, never the key."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        from cryptography.fernet import Fernet  # here, not at the top: see the module doc
+
         self.path = Path(path)
         self._fernet = Fernet(_check_key_file(self.path))
 
@@ -123,6 +140,8 @@ class SecretBox:
 
     def decrypt(self, token: str, what: str = "the token") -> str:
         """The plaintext of `token`; `what` names it in errors (e.g. "password_enc of pools[0]")."""
+        from cryptography.fernet import InvalidToken
+
         try:
             data = self._fernet.decrypt(token.encode("ascii") if isinstance(token, str) else token)
         except (InvalidToken, UnicodeEncodeError, TypeError):
