@@ -3,6 +3,7 @@ peripherals (peripherals.py: PICs and sensors on an SMBus-shaped bus, fans, GPIO
 sysfs folder, the thermal model), tied together as the real board ties them:
 
 * a chain whose DC-DC is off (the PIC) or whose board is unplugged goes silent;
+* each chain's ASIC reset GPIO reaches its chips (held low: in reset; a pulse: power-on state);
 * each chain's per-chip clocks and live cores (as one effective mean clock, which the linear power
   model turns into exactly the chips' sum) and chip count heat the thermal model;
 * the PIC's voltage reaches the chips (it moves their stable clocks when a StabilityModel is on);
@@ -53,6 +54,8 @@ class EmulatedL3Plus:
             },
         )  # fmt: skip
         self.peripherals = EmulatedPeripherals(self.profile, self.root, ambient_c=ambient_c)
+        for i, chain in enumerate(self.chips.chains):
+            chain.attach_reset_line(self.peripherals.sysfs.reset_path(i))
         self._silenced: set[int] = set()  # chains we silenced for lack of power
         # simulated seconds of heat, fans and PIC timers per real second: tests that need minutes
         # of thermal history (a heat ramp) run it faster; the chips' hashing is not sped up
@@ -79,11 +82,11 @@ class EmulatedL3Plus:
         for i, chain in enumerate(self.chips.chains):
             powered = self.peripherals.chain_powered(i)
             if not powered and i not in self._silenced:
-                chain.go_silent()
+                chain.set_powered(False)
                 self._silenced.add(i)
             elif powered and i in self._silenced:
                 self._silenced.discard(i)
-                chain.wake()
+                chain.set_powered(True)
             live = chain.live_chips() if powered else 0
             chain.set_voltage(self.peripherals.pics[i].voltage_v)
             self.peripherals.set_chain_clock(i, chain.effective_mhz(), live)

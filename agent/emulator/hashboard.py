@@ -16,7 +16,16 @@ Faults (thread-safe methods): vanish(chip)/restore(chip), corrupt(n) (next n fra
 bit), lose_bytes(n) (next n frames lose a byte), noise(n) (n random bytes on the line),
 bad_nonces(n) (next n nonces do not meet the ticket), unknown_work_nonces(n) (next n nonces carry a
 work id never sent), stale_nonces(n) (next n nonces carry the previous work id), go_silent()
-(nothing answers until reset() or wake()).
+(a hung chain: nothing answers until a reset or wake()).
+
+Reset line (attach_reset_line(path): the chain's sysfs GPIO value file, which the driver writes):
+while it reads 0 the chips are held in reset (they take no byte, answer nothing, hash nothing) and
+a pulse (0 then 1) returns them to power-on state: no address, default registers, PLL off, cores
+gated, no work. The thread samples the line before it handles any byte it received and on every
+tick, so a pulse written before the driver's next UART bytes is applied before those bytes (no race
+with the driver's boot). What a reset cures, as on real silicon (reference §1.7 step 4 resets the
+chips at every boot; the driver's silent-chain recovery is a re-boot): a silent (hung) chain, yes;
+a vanished chip (dead or cut off) and a chain without power (set_powered), no.
 Thermal hook: temps(chain, chip_position) -> (local_c, remote_c) or one float for both.
 
 Per chip: its own PLL (addressed PLL writes are honoured), CORE_CMD_IN clock gating per core or for
@@ -57,6 +66,7 @@ DEFAULT_TEMP_C = 45.0
 DIODE_BIAS_C = 40.0  # raw diode reading above die temperature; the stock offset 0xD8 cancels it
 TICK_S = 0.01
 CHUNK = 16  # nonces hashed per scan call: small, so work spreads evenly over chips and cores
+LINE_SETTLE_S = 0.05  # a reset-line write takes microseconds; longer unreadable is a broken file
 MAX_HASH_RATE_HS = 5000.0  # per chain: a 4-chain board stays under one core even when sped up
 CORE_NUMBERS = (0, 1, 2, 3, 4, 5, 8, 9, 10, 11, 12, 13)
 RATE_PER_MHZ_CORE = 0.95 / 2500 * 1e6  # H/s per MHz per core (§1.1: f x 12 x 0.95 / 2500 MH/s)
@@ -171,6 +181,9 @@ class EmulatorStats:
     bad_out: int = 0  # nonces made bad by the stability model
     chip_nonces: dict[int, int] = field(default_factory=dict)  # position -> nonces out
     chip_bad: dict[int, int] = field(default_factory=dict)  # position -> bad ones among them
+    line_holds: int = 0  # reset line seen low (chips held in reset)
+    line_pulses: int = 0  # resets by the line: released after a hold, or a whole pulse unseen
+    held_bytes: int = 0  # bytes the host sent while the chips were held in reset (dropped)
 
 
 class EmulatedChain:
@@ -225,7 +238,16 @@ class EmulatedChain:
         self._err_rng = random.Random(None if seed is None else f"errors/{seed}/{chain}")
         self._work: dict[int, bytes] = {}  # work id -> header80 (nonce zero); latest per id
         self._current: tuple[int, bytes] | None = None
-        self._silent = False
+        self._silent = False  # the go_silent fault: a hung chain, cured by a reset
+        self._unpowered = False  # no power (DC-DC off, board unplugged): a reset does not help
+        # The reset line: its file, what the thread last read from it ((inode, mtime_ns), text),
+        # whether it holds the chips in reset, and a listener (tests) told of each reset it causes.
+        self.reset_line: str | None = None
+        self._line_seen: tuple[tuple[int, int], bytes] | None = None
+        self._held = False
+        self._line_unsettled: float | None = None  # since when the line cannot be read
+        self._line_broken = False
+        self.on_line: Callable[[str], None] | None = None
         self._corrupt = self._lose = self._bad = self._unknown = self._stale = 0
         self._previous: int | None = None  # work id before the current one
         self._inbuf = bytearray()
@@ -265,14 +287,15 @@ class EmulatedChain:
         self.stop()
 
     def reset(self) -> None:
-        """The reset GPIO: every chip back to power-on state; clears a silent chain."""
+        """What a reset pulse does: every chip back to power-on state, bytes in flight dropped;
+        clears a silent chain. Vanished chips stay vanished and power stays as it is."""
         with self._lock:
             for c in self._chips:
                 sensor, vanished, stable = c.sensor, c.vanished, c.stable_mhz
                 c.__init__(c.position)  # type: ignore[misc]
                 c.sensor, c.vanished, c.stable_mhz = sensor, vanished, stable
             self._work.clear()
-            self._current = None
+            self._current = self._previous = None
             self._silent = False
             self._inbuf.clear()
             self._outbuf.clear()
@@ -313,12 +336,107 @@ class EmulatedChain:
             self._stale += count
 
     def go_silent(self) -> None:
+        """The chain hangs: nothing answers and nothing is hashed until a reset (the driver's
+        recovery pulses the reset line) or wake()."""
         with self._lock:
             self._silent = True
 
     def wake(self) -> None:
+        """Ends go_silent from the emulator's side, without a reset (the chips keep their state)."""
         with self._lock:
             self._silent = False
+
+    def set_powered(self, on: bool) -> None:
+        """The chips' supply (the board's DC-DC and presence): without it nothing answers, and a
+        reset changes nothing; the chips keep their state across it (a simplification)."""
+        with self._lock:
+            self._unpowered = not on
+
+    # ------------------------------------------------------------------ reset line
+
+    def attach_reset_line(self, path: str | os.PathLike[str]) -> None:
+        """Follow the chain's reset GPIO through its sysfs value file. Its level now is the
+        starting point (a low line holds the chips in reset; a high one changes nothing)."""
+        with self._lock:
+            self.reset_line = os.fspath(path)
+            self._line_seen = None
+            self._held = False
+            self._check_line()
+
+    @property
+    def in_reset(self) -> bool:
+        """The reset line holds the chips in reset (as the thread last read it)."""
+        return self._held
+
+    def _read_line(self) -> tuple[tuple[int, int], bytes] | None:
+        """((inode, mtime_ns), "0" or "1") of the line file, or None while a write is under way
+        (the file changes between two stats, or is empty after the writer's truncation)."""
+        assert self.reset_line is not None
+        for _ in range(3):
+            try:
+                a = os.stat(self.reset_line)
+                with open(self.reset_line, "rb") as f:
+                    text = f.read(8).strip()
+                b = os.stat(self.reset_line)
+            except OSError:
+                return None
+            key = (b.st_ino, b.st_mtime_ns)
+            if (a.st_ino, a.st_mtime_ns, a.st_size) == (*key, b.st_size) and text in (b"0", b"1"):
+                return key, text
+        return None
+
+    def _check_line(self) -> bool:
+        """Apply the reset line (with the lock held); False when it cannot be read yet. Nothing
+        received may be handled, or sent, until this returns True.
+
+        A file written since the last read that reads 1 again had a whole pulse in between
+        (0 then 1 faster than two reads). Timestamps can be coarse (a kernel tick), so the text
+        is compared too, and the emulated profile's reset_pulse_s is at least one tick: each
+        write of a pulse then shows as a change. A rewrite of 1 without a 0 looks the same and
+        counts as a pulse: Board.open does that once, before its boot's own pulse (harmless).
+        A file unreadable for longer than any write takes (LINE_SETTLE_S) is broken, not being
+        written: the chips then keep the last level read."""
+        if self.reset_line is None:
+            return True
+        seen = self._read_line()
+        if seen is None:
+            now = time.monotonic()
+            if self._line_unsettled is None:
+                self._line_unsettled = now
+            if now - self._line_unsettled < LINE_SETTLE_S:
+                return False
+            if not self._line_broken:
+                self._line_broken = True
+                log.warning("chain %d: reset line %s unreadable", self.chain, self.reset_line)
+            return True
+        self._line_unsettled, self._line_broken = None, False
+        changed = self._line_seen is not None and seen != self._line_seen
+        self._line_seen = seen
+        if seen[1] == b"0":
+            # Low: in reset. Low again after a write (released and held again between two reads)
+            # is the same thing: the chips never ran in between.
+            if not self._held:
+                self._held = True
+                self.stats.line_holds += 1
+                self.reset()
+                self._notify_line("held")
+            return True
+        if self._held:
+            self._held = False
+            self.stats.line_pulses += 1
+            self._notify_line("released")
+        elif changed:
+            self.stats.line_pulses += 1
+            self.reset()
+            self._notify_line("pulse")
+        return True
+
+    def _notify_line(self, what: str) -> None:
+        if self.on_line is not None:
+            try:
+                self.on_line(what)
+            except Exception:  # a listener's bug must not stop the chips
+                log.exception("chain %d: reset-line listener failed", self.chain)
 
     # ------------------------------------------------------------------ introspection
 
@@ -386,6 +504,7 @@ class EmulatedChain:
 
     def _main(self) -> None:
         last = time.monotonic()
+        rx = bytearray()  # received, not yet handed to the chips (the line is being written)
         while not self._stop.is_set():
             want_w = [self.master] if self._outbuf else []
             try:
@@ -394,22 +513,31 @@ class EmulatedChain:
                 return
             if self.master in r:
                 try:
-                    data = os.read(self.master, 4096)
+                    rx += os.read(self.master, 4096)
                 except BlockingIOError:
-                    data = b""
+                    pass
                 except OSError:
-                    data = b""  # no slave open right now (EIO): nothing to read
-                if data:
-                    with self._lock:
-                        self._inbuf += data
+                    pass  # no slave open right now (EIO): nothing to read
+            with self._lock:
+                # The reset line first: a pulse the driver wrote before these bytes resets the
+                # chips before they see them.
+                settled = self._check_line()
+                if settled and rx:
+                    if self._held or self._unpowered:
+                        self.stats.held_bytes += len(rx) if self._held else 0
+                    else:
+                        self._inbuf += rx
                         self._parse()
-            if self._outbuf:
-                with self._lock:
+                    rx.clear()
+                if settled and self._outbuf:
                     try:
                         n = os.write(self.master, self._outbuf)
                         del self._outbuf[:n]
                     except (BlockingIOError, OSError):
                         pass
+            if not settled:
+                time.sleep(0.001)  # a GPIO write under way: decide once it is complete
+                continue
             now = time.monotonic()
             self._hash(now - last)
             last = now
@@ -578,7 +706,7 @@ class EmulatedChain:
     # ------------------------------------------------------------------ chip frames out
 
     def _emit(self, frame: bytes) -> None:
-        if self._silent:
+        if self._silent or self._held or self._unpowered:
             return
         out = bytearray(frame)
         if self._corrupt:
@@ -599,7 +727,8 @@ class EmulatedChain:
     def _hash(self, dt: float) -> None:
         with self._lock:
             hashing = [c for c in self._chips if c.addressed and not c.vanished and c.hashrate_hs]
-            if self._silent or self._current is None or not hashing:
+            idle = self._silent or self._held or self._unpowered
+            if idle or self._current is None or not hashing:
                 for c in self._chips:
                     c.budget = 0.0
                 self.model_time_s += dt * self.rate_scale
@@ -645,6 +774,8 @@ class EmulatedChain:
                 self.stats.hashes += CHUNK
                 if self._current is None or self._current[0] != wid or self._silent:
                     return  # new work or a reset while hashing: these nonces are stale
+                if self._unpowered:
+                    return
                 for nonce, _ in found:
                     self._report(nonce, wid, position, p_bad)
 

@@ -436,8 +436,13 @@ class EmulatedSysfs:
         n = self.p.led_red_gpio if which == "red" else self.p.led_green_gpio
         return self.gpio_value(n) == 1
 
+    def reset_path(self, chain: int) -> Path:
+        """The value file of the chain's ASIC reset line: the chip emulator follows it
+        (EmulatedChain.attach_reset_line)."""
+        return self.gpio_dir / f"gpio{self.p.reset_gpios[chain]}" / "value"
+
     def reset_asserted(self, chain: int) -> bool:
-        """The chain's ASIC reset line is low (the chip emulator holds its chips in reset)."""
+        """The chain's ASIC reset line is low: the emulated chips on it are held in reset."""
         return self.gpio_value(self.p.reset_gpios[chain]) == 0
 
     def duty_pct(self) -> float:
