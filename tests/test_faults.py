@@ -340,11 +340,14 @@ def test_chain_that_goes_silent_is_reinitialised(tmp_path: Path) -> None:
             def chain_nonces() -> int:
                 return next(c["nonces"] for c in agent.snap()["chains"] if c["id"] == 2)
 
-            chain.go_silent()  # the line goes dead (a brown-out, a loose ribbon cable)
+            pulses = chain.stats.line_pulses
+            chain.go_silent()  # the chain hangs (a glitch): only a reset brings it back
             await agent.until(lambda: agent.events("chain_silent", 2), "the silence noticed")
             await agent.accepted_grows(pool, what="the other chains mining on")
-            chain.wake()  # the line comes back: the driver's re-boot finds the chips again
+            # No wake from the emulator: the driver's re-boot pulses the reset line, which
+            # resets the chips, and boots them again.
             await agent.until(lambda: agent.events("chain_recovered", 2), "the chain re-init")
+            assert chain.stats.line_pulses > pulses
             before = chain_nonces()
             await agent.until(lambda: chain_nonces() > before + 3, "nonces from chain 2 again")
             await agent.accepted_grows(pool)
