@@ -7,7 +7,12 @@ import asyncio
 import base64
 import json
 import logging
+import math
+import os
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from webclient import Answer, request
 
 from agent.api.controls import ControlError
-from agent.api.http import WebOptions, WebSurface, health
+from agent.api.http import SnapshotCollector, WebOptions, WebSurface, _go_float, health
 from agent.api.httpserver import Limits
 from agent.state import State
 
@@ -251,6 +256,86 @@ def test_metrics_parse_and_match_the_snapshot() -> None:
         assert m[("doge_agent_http_errors_total", (("status", "404"),))] == 1
 
     serve(body)
+
+
+# The agent writes the exposition itself (prometheus_client costs it ~1-4 MB of RSS); the real
+# prometheus_client is the peer that parses it and the reference it must match byte for byte.
+
+ODD = 'stratum+tcp://a"b\\c\nd ü:1'  # a quote, a backslash, a newline and non-ASCII in a label
+
+
+def _odd_state() -> State:
+    state = State(clock=Clock(), window_s=60, wall=lambda: 1_790_000_000.0)
+    state.set_pool(ODD, status="alive", latency_ms=float("nan"))
+    state.set_pool("stratum+tcp://inf:1", status="dead", latency_ms=float("inf"))
+    state.set_guardian('we"ird\\state\n', "x")
+    state.set_fans([{"rpm": 12345678.0, "duty_pct": 1e-7}, {"rpm": None, "duty_pct": None}])
+    return state
+
+
+def _reference_exposition(collector: SnapshotCollector) -> bytes:
+    """The same families written by prometheus_client.generate_latest."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    class Reference:
+        def collect(self):  # type: ignore[no-untyped-def]
+            for f in collector.collect():
+                cls = CounterMetricFamily if f.type == "counter" else GaugeMetricFamily
+                ref = cls(f.name, f.documentation, labels=list(f.labels))
+                for values, value in f.samples:
+                    ref.add_metric(list(values), value)
+                yield ref
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Reference())  # type: ignore[arg-type]
+    return generate_latest(registry)
+
+
+@pytest.mark.parametrize("make_state", [None, _odd_state])
+def test_metrics_are_byte_for_byte_what_prometheus_client_writes(make_state) -> None:
+    async def body(w: WebSurface, _: FakeControls) -> None:
+        await request(w.port, "GET", "/nowhere")
+        served = (await request(w.port, "GET", "/metrics")).body
+        snap = w.state.snapshot()
+        w.state.snapshot = lambda: snap  # both read the same snapshot (the uptime moves on)
+        assert w.metrics.render() == _reference_exposition(w.metrics)
+        assert served.startswith(b"# HELP doge_agent_build_info Agent version\n")
+
+    serve(body, state=make_state() if make_state else None)
+
+
+def test_metrics_odd_labels_and_values_survive_the_parser() -> None:
+    async def body(w: WebSurface, _: FakeControls) -> None:
+        m = _metrics((await request(w.port, "GET", "/metrics")).body.decode())
+        assert m[("doge_agent_pool_up", (("pool", ODD),))] == 1.0
+        assert math.isnan(m[("doge_agent_pool_latency_ms", (("pool", ODD),))])
+        assert m[("doge_agent_pool_latency_ms", (("pool", "stratum+tcp://inf:1"),))] == math.inf
+        assert m[("doge_agent_guardian_state", (("state", 'we"ird\\state\n'),))] == 1.0
+        assert m[("doge_agent_fan_rpm", (("fan", "0"),))] == 12345678.0
+        assert m[("doge_agent_fan_duty_pct", (("fan", "0"),))] == 1e-7
+        assert ("doge_agent_fan_rpm", (("fan", "1"),)) not in m  # unread: no sample, not 0
+
+    serve(body, state=_odd_state())
+
+
+@given(st.floats(allow_nan=True, allow_infinity=True) | st.integers(-(2**63), 2**64))
+def test_metric_values_are_formatted_as_prometheus_client_does(value: float) -> None:
+    from prometheus_client.utils import floatToGoString
+
+    assert _go_float(value) == floatToGoString(value)
+
+
+def test_the_web_surface_does_not_import_prometheus_client() -> None:
+    code = (
+        "import sys, agent.api.http, agent.service\n"
+        "assert 'prometheus_client' not in sys.modules, 'imported'\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOGE_AGENT")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_reads_only_from_read_allow_networks() -> None:

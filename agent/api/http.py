@@ -27,10 +27,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
-
 from agent import defaults as D
 from agent.api.controls import ControlError, Controls
 from agent.api.httpserver import HTTPError, HTTPServer, Limits, Request, Response
@@ -111,7 +107,66 @@ class WebOptions:
 # ---------------------------------------------------------------------------- /metrics
 
 
-class SnapshotCollector(Collector):
+def _go_float(value: float) -> str:
+    """A sample value as Prometheus writes it (Go's float formatting, as prometheus_client)."""
+    d = float(value)
+    if math.isinf(d):
+        return "+Inf" if d > 0 else "-Inf"
+    if math.isnan(d):
+        return "NaN"
+    s = repr(d)
+    dot = s.find(".")
+    if d > 0 and dot > 6:  # Go switches to an exponent sooner than Python
+        mantissa = f"{s[0]}.{s[1:dot]}{s[dot + 1 :]}".rstrip("0.")
+        return f"{mantissa}e+{dot - 1:02d}"
+    return s
+
+
+def _label_value(v: str) -> str:
+    return v.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+class MetricFamily:
+    """One metric family of the Prometheus text exposition format 0.0.4: HELP, TYPE, samples.
+
+    Written here, not with prometheus_client: the agent needs ~100 lines of it, the package and
+    what it imports (http.server, wsgiref, urllib.request...) cost the agent ~1-4 MB of RSS. A
+    counter's name is given without _total, which the exposition adds (as prometheus_client)."""
+
+    __slots__ = ("documentation", "labels", "name", "samples", "type")
+
+    def __init__(self, name: str, documentation: str, kind: str, labels: list[str] | None = None):
+        self.name = name + "_total" if kind == "counter" else name
+        self.documentation = documentation
+        self.type = kind
+        self.labels = tuple(labels or ())
+        self.samples: list[tuple[tuple[str, ...], float]] = []
+
+    def add_metric(self, values: list[str], value: float) -> None:
+        if len(values) != len(self.labels):
+            raise ValueError(f"{self.name}: {len(self.labels)} label values expected")
+        self.samples.append((tuple(values), float(value)))
+
+    def render(self, out: list[str]) -> None:
+        doc = self.documentation.replace("\\", r"\\").replace("\n", r"\n")
+        out.append(f"# HELP {self.name} {doc}\n# TYPE {self.name} {self.type}\n")
+        for values, value in self.samples:
+            labels = ""
+            if values:
+                pairs = sorted(zip(self.labels, values, strict=True))
+                labels = "{" + ",".join(f'{k}="{_label_value(v)}"' for k, v in pairs) + "}"
+            out.append(f"{self.name}{labels} {_go_float(value)}\n")
+
+
+def _gauge(name: str, documentation: str, labels: list[str] | None = None) -> MetricFamily:
+    return MetricFamily(name, documentation, "gauge", labels)
+
+
+def _counter(name: str, documentation: str, labels: list[str] | None = None) -> MetricFamily:
+    return MetricFamily(name, documentation, "counter", labels)
+
+
+class SnapshotCollector:
     """Prometheus metrics read from one State snapshot per scrape."""
 
     def __init__(
@@ -124,12 +179,19 @@ class SnapshotCollector(Collector):
         self.extra = extra
         self.errors = errors
 
-    def collect(self) -> Iterator[Metric]:
+    def render(self) -> bytes:
+        """The text exposition (format 0.0.4) of every family, as /metrics serves it."""
+        out: list[str] = []
+        for family in self.collect():
+            family.render(out)
+        return "".join(out).encode("utf-8")
+
+    def collect(self) -> Iterator[MetricFamily]:
         s = self.state.snapshot()
         p = "doge_agent_"
 
         def gauge(name: str, doc: str, value: float | None, labels: dict[str, str] | None = None):
-            g = GaugeMetricFamily(p + name, doc, labels=list(labels or {}))
+            g = _gauge(p + name, doc, labels=list(labels or {}))
             if value is not None:
                 g.add_metric(list((labels or {}).values()), value)
             return g
@@ -137,12 +199,10 @@ class SnapshotCollector(Collector):
         yield gauge("build_info", "Agent version", 1.0, {"version": str(s.get("version", ""))})
         yield gauge("uptime_seconds", "Seconds since the agent started", s["uptime_s"])
         yield gauge("hashrate_hs", "Total hashrate, hashes per second", s["hashrate_hs"])
-        c = CounterMetricFamily(p + "nonces", "Nonces received from the hashing side")
+        c = _counter(p + "nonces", "Nonces received from the hashing side")
         c.add_metric([], s["nonces"])
         yield c
-        outcomes = CounterMetricFamily(
-            p + "nonce_outcomes", "Nonces by final outcome", labels=["outcome"]
-        )
+        outcomes = _counter(p + "nonce_outcomes", "Nonces by final outcome", labels=["outcome"])
         for k, v in s["shares"].items():
             if k != "pending":
                 outcomes.add_metric([k], v)
@@ -150,14 +210,12 @@ class SnapshotCollector(Collector):
         yield gauge("nonces_pending", "Nonces waiting for a verdict", s["shares"].get("pending", 0))
 
         ch = {
-            "hashrate": GaugeMetricFamily(
-                p + "chain_hashrate_hs", "Chain hashrate", labels=["chain"]
-            ),
-            "temp": GaugeMetricFamily(p + "chain_temp_c", "Chain temperature", labels=["chain"]),
-            "chips": GaugeMetricFamily(p + "chain_chips", "Chips answering", labels=["chain"]),
-            "freq": GaugeMetricFamily(p + "chain_frequency_mhz", "Chain clock", labels=["chain"]),
-            "hw": CounterMetricFamily(p + "chain_hw_errors", "Chain HW errors", labels=["chain"]),
-            "nonces": CounterMetricFamily(p + "chain_nonces", "Chain nonces", labels=["chain"]),
+            "hashrate": _gauge(p + "chain_hashrate_hs", "Chain hashrate", labels=["chain"]),
+            "temp": _gauge(p + "chain_temp_c", "Chain temperature", labels=["chain"]),
+            "chips": _gauge(p + "chain_chips", "Chips answering", labels=["chain"]),
+            "freq": _gauge(p + "chain_frequency_mhz", "Chain clock", labels=["chain"]),
+            "hw": _counter(p + "chain_hw_errors", "Chain HW errors", labels=["chain"]),
+            "nonces": _counter(p + "chain_nonces", "Chain nonces", labels=["chain"]),
         }
         for chain in s["chains"]:
             lab = [str(chain["id"])]
@@ -170,8 +228,8 @@ class SnapshotCollector(Collector):
             ch["nonces"].add_metric(lab, chain["nonces"])
         yield from ch.values()
 
-        rpm = GaugeMetricFamily(p + "fan_rpm", "Fan speed", labels=["fan"])
-        duty = GaugeMetricFamily(p + "fan_duty_pct", "Fan PWM duty", labels=["fan"])
+        rpm = _gauge(p + "fan_rpm", "Fan speed", labels=["fan"])
+        duty = _gauge(p + "fan_duty_pct", "Fan PWM duty", labels=["fan"])
         for i, fan in enumerate(s["fans"]):
             if fan.get("rpm") is not None:
                 rpm.add_metric([str(i)], fan["rpm"])
@@ -180,10 +238,10 @@ class SnapshotCollector(Collector):
         yield rpm
         yield duty
 
-        acc = CounterMetricFamily(p + "pool_accepted", "Shares accepted", labels=["pool"])
-        rej = CounterMetricFamily(p + "pool_rejected", "Shares rejected", labels=["pool"])
-        lat = GaugeMetricFamily(p + "pool_latency_ms", "Share submit latency", labels=["pool"])
-        up = GaugeMetricFamily(p + "pool_up", "1 when the pool is alive", labels=["pool"])
+        acc = _counter(p + "pool_accepted", "Shares accepted", labels=["pool"])
+        rej = _counter(p + "pool_rejected", "Shares rejected", labels=["pool"])
+        lat = _gauge(p + "pool_latency_ms", "Share submit latency", labels=["pool"])
+        up = _gauge(p + "pool_up", "1 when the pool is alive", labels=["pool"])
         for pool in s["pools"]:
             lab = [pool["url"]]
             acc.add_metric(lab, pool["accepted"])
@@ -196,18 +254,16 @@ class SnapshotCollector(Collector):
         for name in ("guardian", "tuner", "thermal"):
             part = s.get(name)
             if isinstance(part, dict):
-                g = GaugeMetricFamily(p + f"{name}_state", f"{name} state", labels=["state"])
+                g = _gauge(p + f"{name}_state", f"{name} state", labels=["state"])
                 g.add_metric([str(part.get("state", ""))], 1.0)
                 yield g
         if self.extra is not None:
             for k, v in self.extra().items():
-                c = CounterMetricFamily(p + "http_" + k, f"HTTP surface: {k}")
+                c = _counter(p + "http_" + k, f"HTTP surface: {k}")
                 c.add_metric([], v)
                 yield c
         if self.errors is not None:
-            e = CounterMetricFamily(
-                p + "http_errors", "HTTP error answers by status", labels=["status"]
-            )
+            e = _counter(p + "http_errors", "HTTP error answers by status", labels=["status"])
             for status, n in sorted(self.errors().items()):
                 e.add_metric([str(status)], n)
             yield e
@@ -333,11 +389,8 @@ class WebSurface:
             name="web",
         )
         self.counters = {"auth_failures": 0, "forbidden": 0, "locked_out": 0, "controls": 0}
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(
-            SnapshotCollector(
-                state, self._http_counters, lambda: dict(self.server.errors_by_status)
-            )
+        self.metrics = SnapshotCollector(
+            state, self._http_counters, lambda: dict(self.server.errors_by_status)
         )
         self._page = render_status_page(opts.refresh_s).encode("utf-8")
         self._secrets = [x for x in (opts.password, opts.token) if x]
@@ -408,7 +461,7 @@ class WebSurface:
         return Response.json(finite(h), 200 if h["status"] == "ok" else 503)
 
     async def _metrics(self, req: Request) -> Response:
-        body = generate_latest(self.registry)
+        body = self.metrics.render()
         return Response(
             200, {"Content-Type": PROMETHEUS_CONTENT_TYPE, "Cache-Control": "no-store"}, body
         )
