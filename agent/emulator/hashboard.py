@@ -286,9 +286,12 @@ class EmulatedChain:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def reset(self) -> None:
-        """What a reset pulse does: every chip back to power-on state, bytes in flight dropped;
-        clears a silent chain. Vanished chips stay vanished and power stays as it is."""
+    def reset(self, *, drop_output: bool = True) -> None:
+        """What a reset pulse does: every chip back to power-on state, host bytes not yet taken
+        dropped; clears a silent chain. Vanished chips stay vanished and power stays as it is.
+        drop_output: also drop frames the chips sent that the host has not read yet (a direct
+        call from the driver's reset hook, which flushes its input next). The reset line keeps
+        them: they left the chips before the reset, and the emulator counted them as sent."""
         with self._lock:
             for c in self._chips:
                 sensor, vanished, stable = c.sensor, c.vanished, c.stable_mhz
@@ -298,7 +301,8 @@ class EmulatedChain:
             self._current = self._previous = None
             self._silent = False
             self._inbuf.clear()
-            self._outbuf.clear()
+            if drop_output:
+                self._outbuf.clear()
 
     # ------------------------------------------------------------------ faults
 
@@ -418,7 +422,7 @@ class EmulatedChain:
             if not self._held:
                 self._held = True
                 self.stats.line_holds += 1
-                self.reset()
+                self.reset(drop_output=False)
                 self._notify_line("held")
             return True
         if self._held:
@@ -427,7 +431,7 @@ class EmulatedChain:
             self._notify_line("released")
         elif changed:
             self.stats.line_pulses += 1
-            self.reset()
+            self.reset(drop_output=False)
             self._notify_line("pulse")
         return True
 
