@@ -27,7 +27,6 @@ import os
 import socket
 import threading
 import time
-import urllib.request
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -271,6 +270,8 @@ class AlertHook:
         return True
 
     async def _post(self, event: AlertEvent) -> bool:
+        import urllib.request  # here, not at the top: with http.client and email, ~1.5 MB of RSS
+
         url = self.options.url or ""
         body = event.to_json().encode()
         timeout = self.options.timeout_s

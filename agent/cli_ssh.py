@@ -9,15 +9,12 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime as dt
-import getpass
 import json
 import os
 import re
 import ssl
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -93,6 +90,11 @@ def _context(url: str) -> ssl.SSLContext | None:
 def request(url: str, timeout: float, body: dict[str, Any] | None = None,
             auth: tuple[str, str] | None = None) -> tuple[int, Any]:  # fmt: skip
     """(HTTP status, parsed JSON) or CliError with a message a person can act on."""
+    # Imported here: `doge-agent run` builds this module's parsers too, and urllib.request (with
+    # http.client and email) would cost the running agent ~1.5 MB of RSS.
+    import urllib.error
+    import urllib.request
+
     headers = {"Accept": "application/json"}
     data = None
     if body is not None:
@@ -126,6 +128,8 @@ def _password() -> str:
     if password:
         return password
     if sys.stdin.isatty():
+        import getpass
+
         try:
             return getpass.getpass("owner password: ")
         except (EOFError, KeyboardInterrupt):

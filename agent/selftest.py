@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
-from importlib import resources
+from pathlib import Path
 from typing import Any, TextIO
 
 from agent import scrypt
@@ -16,7 +16,9 @@ VECTORS = "selftest_vectors.json"
 
 
 def load_vectors() -> dict[str, Any]:
-    return json.loads(resources.files("agent").joinpath(VECTORS).read_text())
+    # Beside this file (as the board profiles are): importlib.resources would cost the agent,
+    # which runs this at every start, ~1 MB of RSS (it imports tempfile, zipfile, shutil...).
+    return json.loads(Path(__file__).with_name(VECTORS).read_text(encoding="utf-8"))
 
 
 def check_backend(vectors: dict[str, Any]) -> tuple[int, list[str]]:

@@ -25,10 +25,8 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 import urllib.parse
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -177,6 +175,8 @@ def read_price_cache(path: str | Path, currency: str = "usd") -> Prices:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
+    import tempfile  # here: used once per price refresh
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".prices-", dir=path.parent)
     try:
@@ -193,6 +193,8 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def fetch_prices(url: str, path: str | Path, timeout_s: float, currency: str = "usd") -> Prices:
     """Blocking: GET url, validate, then replace the cache file atomically. PriceError if not."""
+    import urllib.request  # here, not at the top: with http.client and email, ~1.5 MB of RSS
+
     if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
         raise PriceError(f"refusing a non-http(s) price URL: {url!r}")
     req = urllib.request.Request(url, headers={"Accept": "application/json"})

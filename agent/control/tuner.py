@@ -32,13 +32,11 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from statistics import NormalDist
 from typing import Any, Literal, Protocol
 
 from agent import defaults as D
@@ -184,6 +182,8 @@ class TunerDecision:
 
 
 def _z(confidence: float) -> float:
+    from statistics import NormalDist  # here: only a tuning agent needs it (~0.4 MB of RSS)
+
     return NormalDist().inv_cdf(confidence)
 
 
@@ -637,6 +637,8 @@ def profile_path(state_dir: str | Path) -> Path:
 def save_profile(state_dir: str | Path, profile: Profile) -> Path:
     """Write atomically: a temporary file in the same directory, fsync, rename, fsync the dir."""
     path = profile_path(state_dir)
+    import tempfile  # here: only a tuning agent saves a profile
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tuner-", dir=path.parent)
     try:
