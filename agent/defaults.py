@@ -290,6 +290,7 @@ EMULATOR_FILE = "emulator.json"
 EMULATOR_SOCKET = "link.sock"
 EMULATOR_LINK_TIMEOUT_S = 2.0  # one I2C transaction or control request over the link
 EMULATOR_LINK_MAX_CLIENTS = 8
+EMULATOR_SWITCH_INTERVAL_S = 0.0005  # the emulator process's GIL switch interval (default 5 ms)
 EMULATOR_LINK_MAX_LINE_BYTES = 64 * 1024  # one request or reply line over the link
 # recent chain events kept for the status page
 RECENT_EVENTS = 50

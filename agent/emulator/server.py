@@ -287,6 +287,12 @@ async def serve(root: str | Path, stop: asyncio.Event, ready: Callable[[dict[str
                 **board_kwargs: Any) -> None:  # fmt: skip
     """Run an EmulatedL3Plus in `root` until `stop` is set; `ready` gets its description once
     DIR/emulator.json is written (the file goes when the emulator stops)."""
+    import sys
+
+    # Hardware answers a bus transaction in microseconds; this process's chip threads hold the
+    # GIL between scans, and the default 5 ms switch interval would delay the I2C link's replies
+    # (and so the agent's event loop, which waits for them as it waits for an ioctl) by that much.
+    sys.setswitchinterval(D.EMULATOR_SWITCH_INTERVAL_S)
     root = Path(root)
     board = EmulatedL3Plus(root, **board_kwargs)
     await board.start()
