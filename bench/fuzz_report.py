@@ -200,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     failures = hyp["failures"] + ath.get("failures", 0)
     record = {
         "date": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": "make fuzz  (bench/fuzz_report.py)",
+        "command": f"FUZZ_EXAMPLES={a.examples} FUZZ_ATHERIS_RUNS={a.atheris_runs} "
+                   f"FUZZ_ATHERIS_SECONDS={a.atheris_seconds} make fuzz  (bench/fuzz_report.py)",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), "
                    f"python {platform.python_version()}",
         "wall_s": round(time.monotonic() - t0 + (hyp["wall_s"] if a.hypothesis_log else 0), 1)
