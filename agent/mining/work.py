@@ -103,6 +103,10 @@ class Stale:
     job_id: str | None = None
 
 
+def _retired(reason: str, entry: WorkEntry) -> tuple[str, str, str]:
+    return reason, entry.job.pool_id, entry.job.notify.job_id
+
+
 class WorkSource:
     """Hands out work for the current job and resolves nonces back to share candidates.
 
@@ -135,7 +139,9 @@ class WorkSource:
         self.nonce_end = nonce_end
         self._clock = clock
         self._live: OrderedDict[int, WorkEntry] = OrderedDict()  # oldest first
-        self._retired: dict[int, tuple[str, WorkEntry]] = {}  # id -> (reason, entry) until reuse
+        # id -> (reason, pool id, job id) until reuse: only what a late nonce's Stale names, so a
+        # retired id does not keep its header and pool job alive (up to id_space of them)
+        self._retired: dict[int, tuple[str, str, str]] = {}
         self._next_id = 0
         self._serial = 0
         self._layouts: OrderedDict[tuple[bytes, bytes, int], int] = OrderedDict()
@@ -188,7 +194,7 @@ class WorkSource:
         """Retire every live work (or only one pool's); returns how many were retired."""
         ids = [i for i, e in self._live.items() if pool_id is None or e.job.pool_id == pool_id]
         for i in ids:
-            self._retired[i] = (reason, self._live.pop(i))
+            self._retired[i] = _retired(reason, self._live.pop(i))
         if self._job is not None and (pool_id is None or self._job.pool_id == pool_id):
             self._job = None  # no more work for it until the next notify
         return len(ids)
@@ -202,8 +208,7 @@ class WorkSource:
             retired = self._retired.get(work_id)
             if retired is None:
                 return Stale(work_id, nonce, "unknown work id")
-            reason, old = retired
-            return Stale(work_id, nonce, reason, old.job.pool_id, old.job.notify.job_id)
+            return Stale(work_id, nonce, *retired)
         if isinstance(nonce, bool) or not isinstance(nonce, int) or not 0 <= nonce < 1 << 32:
             raise ValueError(f"nonce must be a 32-bit unsigned int, got {nonce!r}")
         job = entry.job
@@ -246,7 +251,7 @@ class WorkSource:
     def _allocate_id(self) -> int:
         if len(self._live) >= self.id_space:
             oldest_id, oldest = self._live.popitem(last=False)
-            self._retired[oldest_id] = ("evicted", oldest)
+            self._retired[oldest_id] = _retired("evicted", oldest)
             self.evicted += 1
         # Round-robin from the last id handed out: a freed id comes round again last.
         for _ in range(self.id_space):
