@@ -34,10 +34,10 @@ FAST = ChainTiming(
     count_window_s=0.5,
     count_retries=1,
     reply_timeout_s=0.3,
-    hashrate_poll_s=0.1,
+    hashrate_poll_s=0.15,
     temp_poll_s=0.5,
-    missed_polls_lost=3,
-    silence_s=0.6,
+    missed_polls_lost=6,  # ~1 s: a loaded test machine delays the emulator's replies
+    silence_s=1.0,
     reboot_backoff_s=0.2,
 )
 
@@ -209,11 +209,6 @@ def test_line_held_low_keeps_the_chain_silent(tmp_path: Path) -> None:
     run(main())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="driver gap (agent/hardware/chain.py): chips reset under a running chain all answer "
-    "as address 0, so the line is never silent and the driver never re-boots it",
-)
 def test_pulse_during_mining_drops_addresses_and_the_driver_recovers(tmp_path: Path) -> None:
     async def main() -> None:
         async with Rig(tmp_path) as rig:

@@ -29,7 +29,7 @@ import logging
 import math
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -70,7 +70,8 @@ class ChainTiming:
 
 @dataclass(frozen=True)
 class ChainEvent:
-    """kind: chips_missing, chip_lost, chip_back, chain_silent, chain_recovered, chain_dead,
+    """kind: chips_missing, chip_lost, chip_back, chain_silent, chips_reset, chain_recovered,
+    chain_dead,
     crc_error, hw_error, unknown_work, stale, sensor_error, port_error."""
 
     chain: int
@@ -187,6 +188,7 @@ class Chain:
         self._collect: dict[int, tuple[list[bm.RegisterResponse], int, asyncio.Event]] = {}
         self._poll_gen = 0
         self._answered: set[int] = set()  # chip indexes that answered the current poll
+        self._replies: Counter[int] = Counter()  # chip index -> HASHRATE replies this poll
         self._flush_handle: asyncio.TimerHandle | None = None
         self._work_timer: asyncio.TimerHandle | None = None
         self._verify_q: list[tuple[ChipStats, int, int, Work]] = []
@@ -516,6 +518,7 @@ class Chain:
         if r.reg == bm.REG_HASHRATE:
             chip = self.chips.get(r.chip // self.addr_interval)
             if chip is not None and chip.address == r.chip:
+                self._replies[chip.index] += 1
                 chip.hashrate_hs = float(int.from_bytes(r.value, "big") << 8)
                 self._answered.add(chip.index)
         coll = self._collect.get(r.reg)
@@ -758,8 +761,19 @@ class Chain:
             if time.monotonic() - self.last_rx > t.silence_s:
                 await self._recover_silent()
                 continue
+            echoes = max(self._replies.values(), default=0) if self._poll_gen else 0
+            if echoes >= D.BM1485_RESET_ECHOES:
+                # Chips that were reset under us (a glitch on the reset line, a brown-out) all
+                # answer at address 0: the line is busy, never silent, yet nothing is mining.
+                # Late replies to the previous poll make 2 per address at most; a reset, dozens.
+                await self._recover(
+                    "chips_reset", f"{echoes} chips answered at one address: they lost their "
+                    "addresses; resetting and booting again",
+                )  # fmt: skip
+                continue
             self._check_poll()
             self._answered = set()
+            self._replies.clear()
             self._poll_gen += 1
             self._write(bm.read_register(bm.REG_HASHRATE))
 
@@ -784,14 +798,17 @@ class Chain:
                 )
 
     async def _recover_silent(self) -> None:
-        self._event(
-            "chain_silent",
-            None,
-            f"no byte for {self.timing.silence_s:g} s; resetting and booting again",
+        await self._recover(
+            "chain_silent", f"no byte for {self.timing.silence_s:g} s; resetting and booting again"
         )
+
+    async def _recover(self, kind: str, detail: str) -> None:
+        self._event(kind, None, detail)
         while True:
             if await self._boot_with_retries(raise_on_fail=False):
                 self._poll_gen = 0
+                self._answered = set()
+                self._replies.clear()
                 self._event("chain_recovered", None, f"{self.chip_count} chips after re-init")
                 return
             await asyncio.sleep(self.timing.reboot_backoff_s)
