@@ -293,9 +293,15 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _run(conf: Config) -> int:
+    import concurrent.futures
+
     from agent.service import MiningService
 
     loop = asyncio.get_running_loop()
+    # nonce verification (scrypt, GIL released) runs here: as many threads as there are cores to
+    # use, not asyncio's default of cores + 4 (each keeps a scrypt scratch, a stack, an arena)
+    loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(
+        D.AGENT_EXECUTOR_THREADS, thread_name_prefix="agent-worker"))  # fmt: skip
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

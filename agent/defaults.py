@@ -280,6 +280,10 @@ POOL_JOB_INTERVAL_S = 30.0  # random mode: a non-clean notify this often
 POOL_VARDIFF_TARGET_INTERVAL_S = 5.0  # vardiff aims at one share per connection this often
 POOL_NODE_POLL_S = 0.5  # node mode: how often the tip is polled (getbestblockhash)
 
+# `doge-agent run`: threads of the event loop's default executor (nonce verification, state
+# writes, config reads); the L3+ controller has one core, a build machine two
+AGENT_EXECUTOR_THREADS = 2
+
 # ---------------------------------------------------------------------------- emulated board
 EMULATOR_AMBIENT_C = 25.0
 # how often the emulated board moves its thermal model and syncs power and clocks

@@ -17,8 +17,6 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from agent import scrypt
 from agent.emulator.board import EmulatedL3Plus
 from agent.emulator.hashboard import EmulatedChain

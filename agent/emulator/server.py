@@ -24,11 +24,13 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import defaults as D
-from agent.emulator.board import EmulatedL3Plus
 from agent.hardware.linkbus import PREFIX, LinkClient
+
+if TYPE_CHECKING:  # the agent reads descriptions (read_description) without the emulator's code
+    from agent.emulator.board import EmulatedL3Plus
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +295,8 @@ async def serve(root: str | Path, stop: asyncio.Event, ready: Callable[[dict[str
     # GIL between scans, and the default 5 ms switch interval would delay the I2C link's replies
     # (and so the agent's event loop, which waits for them as it waits for an ioctl) by that much.
     sys.setswitchinterval(D.EMULATOR_SWITCH_INTERVAL_S)
+    from agent.emulator.board import EmulatedL3Plus
+
     root = Path(root)
     board = EmulatedL3Plus(root, **board_kwargs)
     await board.start()
