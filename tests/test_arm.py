@@ -127,7 +127,7 @@ def test_agent_selftest_and_cpu_board_run_on_armhf(python_output: str) -> None:
     agent on the CPU board finds nonces that the pool accepts."""
     deps = re.search(r"^OK: runtime dependencies on armhf: (.*) \(", python_output, re.M)
     assert deps, python_output
-    for name in ("pyserial", "smbus2", "cryptography", "psutil", "prometheus_client"):
+    for name in ("pyserial", "smbus2", "cryptography"):
         assert re.search(rf"\b{name} \d", deps[1]), (name, deps[1])
     # the agent runs from its armhf wheel, installed with Debian's armhf python3.11
     wheel = r"^OK: installed doge_agent-[\w.]+-cp311-cp311-linux_armv7l\.whl"

@@ -4,8 +4,7 @@ Buildroot itself is not available here (a real image build needs its source tree
 build and network downloads), so these tests check what can be checked without it: the Kconfig
 files parse with kconfiglib against a small stub that defines the Buildroot symbols our
 Config.in files use (the names are those of Buildroot's package tree: python-serial,
-python-smbus2, python-cryptography, python-psutil, uboot-tools; python-prometheus-client is
-packaged here), the package .mk declares every runtime dependency of setup.cfg, the board
+python-smbus2, python-cryptography, uboot-tools), the package .mk declares every runtime dependency of setup.cfg, the board
 scripts pass shellcheck, and the image layout, udev rules, bootloader files and default config
 agree with each other and with board/profiles/l3plus.toml."""
 
@@ -32,7 +31,6 @@ PROFILE = ROOT / "board" / "profiles" / "l3plus.toml"
 # setup.cfg distribution name -> Buildroot package, where the name is not simply python-<name>
 BUILDROOT_NAMES = {
     "pyserial": "python-serial",
-    "prometheus-client": "python-prometheus-client",
 }
 
 # What Buildroot defines and our Config.in files use: bool symbols, and those that a typical
@@ -134,10 +132,7 @@ def test_kconfig_files_parse_with_kconfiglib(kconf) -> None:
     # (MODULES is kconfiglib's own, always present)
     undefined = sorted(n for n, s in kconf.syms.items() if not s.nodes and n != "MODULES")
     assert undefined == [], f"symbols used but not defined: {undefined}"
-    for sym, prompt in (
-        ("BR2_PACKAGE_DOGE_AGENT", "doge-agent"),
-        ("BR2_PACKAGE_PYTHON_PROMETHEUS_CLIENT", "python-prometheus-client"),
-    ):
+    for sym, prompt in (("BR2_PACKAGE_DOGE_AGENT", "doge-agent"),):
         node = kconf.syms[sym].nodes[0]
         assert node.prompt[0] == prompt
         assert node.filename.startswith(str(BR)), node.filename
@@ -147,7 +142,7 @@ def test_kconfig_files_parse_with_kconfiglib(kconf) -> None:
 def test_selecting_the_agent_selects_its_runtime(kconf) -> None:
     agent = kconf.syms["BR2_PACKAGE_DOGE_AGENT"]
     assert agent.set_value("y") and agent.str_value == "y"
-    wanted = ["BR2_PACKAGE_PYTHON3", "BR2_PACKAGE_PYTHON_PROMETHEUS_CLIENT"]
+    wanted = ["BR2_PACKAGE_PYTHON3"]
     wanted += [kconfig_symbol(buildroot_package(n)) for n in install_requires(_setup_cfg())]
     wanted += ["BR2_PACKAGE_UBOOT_TOOLS_FWPRINTENV"]
     for sym in wanted:
@@ -166,7 +161,9 @@ def _setup_cfg() -> str:
 
 def test_mk_declares_every_install_requires() -> None:
     names = install_requires(_setup_cfg())
-    assert {"pyserial", "smbus2", "cryptography", "psutil", "prometheus-client"} <= set(names)
+    assert {"pyserial", "smbus2", "cryptography"} <= set(names)
+    # the agent writes /metrics itself and reads /proc itself: neither is on the board
+    assert not {"prometheus-client", "psutil"} & set(names)
     assert missing_dependencies(_setup_cfg(), MK.read_text(), PKG_CONFIG.read_text()) == []
 
 
@@ -209,17 +206,6 @@ def test_mk_installs_the_systemd_files_and_profiles() -> None:
     assert "site-packages/board/profiles" in mk and "board/profiles/*.toml" in mk
     users = " ".join(mk_variable(mk, "DOGE_AGENT_USERS"))
     assert "dialout,i2c" in users
-
-
-def test_prometheus_client_package_has_its_hash() -> None:
-    pkg = BR / "package" / "python-prometheus-client"
-    mk = (pkg / "python-prometheus-client.mk").read_text()
-    version = mk_variable(mk, "PYTHON_PROMETHEUS_CLIENT_VERSION")[0]
-    hashes = (pkg / "python-prometheus-client.hash").read_text()
-    assert re.search(rf"^sha256\s+[0-9a-f]{{64}}\s+prometheus_client-{version}\.tar\.gz$",
-                     hashes, re.M)  # fmt: skip
-    for lic in mk_variable(mk, "PYTHON_PROMETHEUS_CLIENT_LICENSE_FILES"):
-        assert re.search(rf"^sha256\s+[0-9a-f]{{64}}\s+{lic}$", hashes, re.M), lic
 
 
 def test_defconfig_paths_exist() -> None:
@@ -365,7 +351,7 @@ include $(BR2_EXTERNAL_DOGE_AGENT_PATH)/external.mk
 
 .PHONY: version deps install
 version:
-\t@echo $(DOGE_AGENT_VERSION) $(PYTHON_PROMETHEUS_CLIENT_VERSION)
+\t@echo $(DOGE_AGENT_VERSION)
 deps:
 \t@echo $(DOGE_AGENT_DEPENDENCIES)
 install:
@@ -394,8 +380,8 @@ def test_mk_files_evaluate_and_install_with_gnu_make(tmp_path: Path) -> None:
 
     from agent import __version__
 
-    assert run("version").split() == [__version__, "0.21.1"]
-    assert "python-prometheus-client" in run("deps").split()
+    assert run("version").split() == [__version__]
+    assert "python-cryptography" in run("deps").split()
     target = tmp_path / "target"
     run("install", f"TARGET_DIR={target}")
     for rel in (

@@ -11,7 +11,7 @@
 #      python3.11 under qemu to check the vectors through agent.scrypt;
 #   3. runs the agent itself from that copy of the package in the armhf python3.11 (issue 8's ARM
 #      acceptance): its runtime dependencies come from Debian's armhf packages (python3-serial,
-#      -smbus2, -psutil, -cryptography, -prometheus-client) and must import, then
+#      -smbus2, -cryptography) and must import, then
 #      `python3.11 -m agent selftest` must pass and `python3.11 -m agent demo --board cpu` (the
 #      whole agent on the CPU board against the demo's local pool, ARMHF_DEMO_SECONDS, default 5)
 #      must find nonces that the pool accepts, with no HW errors.
@@ -144,8 +144,7 @@ fi
 PKGS=(libpython3.11-dev python3.11-minimal libpython3.11-minimal libpython3.11-stdlib
     libpython3.11 libc6 zlib1g libexpat1 libffi8 libssl3 libbz2-1.0 liblzma5 libuuid1 libtinfo6
     libncursesw6 libreadline8 libsqlite3-0 libcrypt1 libgcc-s1 libnsl2 libtirpc3 libdb5.3
-    python3-serial python3-smbus2 python3-psutil python3-cryptography python3-cffi-backend
-    python3-prometheus-client python3-decorator)
+    python3-serial python3-smbus2 python3-cryptography python3-cffi-backend)
 SYSROOT=$CACHE/root
 STAMP="bookworm armhf ${PKGS[*]}"
 
@@ -288,10 +287,10 @@ agent_arm() { # args of `python3.11 -m agent`, on the NEON CPU, from the install
 step "the agent's runtime dependencies import in armhf python3.11 (Debian's armhf packages)"
 out=$(agent_arm -c '
 import importlib.metadata as md
-import cryptography.fernet, prometheus_client, psutil, serial, smbus2
+import cryptography.fernet, serial, smbus2
 from agent.security import secrets
 secrets.SecretBox  # the Fernet box the agent keeps secrets in
-names = ("pyserial", "smbus2", "cryptography", "psutil", "prometheus_client")
+names = ("pyserial", "smbus2", "cryptography")
 print(", ".join(f"{n} {md.version(n)}" for n in names))
 ' 2>&1) || die "armhf runtime dependencies: $out"
 ok "runtime dependencies on armhf: $out ($(elapsed))"

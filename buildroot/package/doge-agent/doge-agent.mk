@@ -33,9 +33,7 @@ DOGE_AGENT_DEPENDENCIES = host-python-wheel
 DOGE_AGENT_DEPENDENCIES += \
 	python-serial \
 	python-smbus2 \
-	python-cryptography \
-	python-psutil \
-	python-prometheus-client
+	python-cryptography
 
 # systemd/doge-agent.sysusers says the same for systems that run systemd-sysusers
 DOGE_AGENT_USERS = \
