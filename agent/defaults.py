@@ -149,6 +149,9 @@ BM1485_TEMP_POLL_S = 10.0
 BM1485_MISSED_POLLS_LOST = 3  # a chip missing this many HASHRATE polls in a row has dropped off
 # one address answering a HASHRATE poll this many times: the chips were reset (all at address 0)
 BM1485_RESET_ECHOES = 3
+# nonces remembered per chain to catch one sent twice (about 2 minutes of an L3+ chain; a chip
+# repeats within seconds); forgotten at every clean job
+BM1485_DUP_WINDOW = 1024
 BM1485_SILENCE_S = 5.0  # no byte at all for this long: the chain is reset and booted again
 BM1485_REBOOT_BACKOFF_S = 5.0  # between failed re-inits of a silent chain
 BM1485_LIVE_WORKS = 16  # non-clean work keeps this many older works valid

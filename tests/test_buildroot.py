@@ -4,9 +4,9 @@ Buildroot itself is not available here (a real image build needs its source tree
 build and network downloads), so these tests check what can be checked without it: the Kconfig
 files parse with kconfiglib against a small stub that defines the Buildroot symbols our
 Config.in files use (the names are those of Buildroot's package tree: python-serial,
-python-smbus2, python-cryptography, uboot-tools), the package .mk declares every runtime dependency of setup.cfg, the board
-scripts pass shellcheck, and the image layout, udev rules, bootloader files and default config
-agree with each other and with board/profiles/l3plus.toml."""
+python-smbus2, python-cryptography, uboot-tools), the package .mk declares every runtime
+dependency of setup.cfg, the board scripts pass shellcheck, and the image layout, udev rules,
+bootloader files and default config agree with each other and with board/profiles/l3plus.toml."""
 
 from __future__ import annotations
 

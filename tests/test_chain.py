@@ -184,6 +184,27 @@ def test_bad_and_unknown_work_nonces_are_hw_errors_never_reported() -> None:
     run(main())
 
 
+def test_a_nonce_sent_twice_is_reported_once_and_counted_a_hw_error() -> None:
+    async def main() -> None:
+        async with Rig() as rig:
+            rig.work()
+            await rig.until(lambda: len(rig.nonces) >= 3)
+            rig.emu.repeat_nonces(4)
+            await rig.until(lambda: len(rig.kinds("hw_error")) >= 4, what="4 duplicates")
+            dups = rig.kinds("hw_error")
+            assert all("duplicate nonce" in e.detail and e.chip is not None for e in dups)
+            reported = [(n.work_id, n.nonce) for n in rig.nonces]
+            assert len(reported) == len(set(reported))  # never handed on twice
+            # a clean job forgets the window; the new work's nonces are not taken for repeats
+            second = rig.work(clean=True)
+            seen = len(rig.nonces)
+            await rig.until(lambda: len(rig.nonces) >= seen + 3)
+            assert all(n.work_id == second.work_id for n in rig.nonces[seen:])
+            assert len(rig.kinds("hw_error")) == len(dups)
+
+    run(main())
+
+
 def test_stale_nonces_counted_never_reported() -> None:
     async def main() -> None:
         async with Rig() as rig:

@@ -248,7 +248,7 @@ class EmulatedChain:
         self._line_unsettled: float | None = None  # since when the line cannot be read
         self._line_broken = False
         self.on_line: Callable[[str], None] | None = None
-        self._corrupt = self._lose = self._bad = self._unknown = self._stale = 0
+        self._corrupt = self._lose = self._bad = self._unknown = self._stale = self._repeat = 0
         self._previous: int | None = None  # work id before the current one
         self._inbuf = bytearray()
         self._outbuf = bytearray()
@@ -338,6 +338,11 @@ class EmulatedChain:
         """The next `count` nonces carry the previous work's id (a chip finishing old work)."""
         with self._lock:
             self._stale += count
+
+    def repeat_nonces(self, count: int = 1) -> None:
+        """The next `count` nonces are each sent twice, frame for frame."""
+        with self._lock:
+            self._repeat += count
 
     def go_silent(self) -> None:
         """The chain hangs: nothing answers and nothing is hashed until a reset (the driver's
@@ -813,8 +818,13 @@ class EmulatedChain:
             wid = (max(self._work, default=0) + 64) & 0x7F
             while wid in self._work:
                 wid = (wid + 1) & 0x7F
+        frame = self._nonce_frame(nonce, wid)
         self.stats.nonces_out += 1
-        self._emit(self._nonce_frame(nonce, wid))
+        self._emit(frame)
+        if self._repeat:  # the same result sent again (a chip's return path glitching)
+            self._repeat -= 1
+            self.stats.nonces_out += 1
+            self._emit(frame)
 
 
 def _zip_longest(groups: list[list[tuple[int, int, int, float]]]) -> list[list[Any]]:

@@ -44,7 +44,7 @@ I2C_CALLS = {  # smbus2 method -> its arguments
 # fault injection on one chain (EmulatedChain methods) and on the board (EmulatedPeripherals)
 CHAIN_CALLS = {
     "vanish", "restore", "corrupt", "lose_bytes", "noise", "bad_nonces", "unknown_work_nonces",
-    "stale_nonces", "go_silent", "wake",
+    "stale_nonces", "repeat_nonces", "go_silent", "wake",
 }  # fmt: skip
 BOARD_CALLS = {"force_chip_sensor", "force_tmp75", "kill_fan", "fail_pic", "unplug"}
 

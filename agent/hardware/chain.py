@@ -177,8 +177,10 @@ class Chain:
         self._live: deque[int] = deque(maxlen=D.BM1485_LIVE_WORKS)
         self._next_slot = 0
         self._current: Work | None = None
-        self._seen: deque[tuple[int, int]] = deque(maxlen=4096)  # (slot, nonce) duplicates
-        self._seen_set: set[tuple[int, int]] = set()
+        # recent (slot << 32 | nonce) keys: a chip sending one nonce twice is a HW error. Ints,
+        # not tuples: 4 chains x the window stay well under a megabyte when full.
+        self._seen: deque[int] = deque(maxlen=D.BM1485_DUP_WINDOW)
+        self._seen_set: set[int] = set()
         # I/O
         self._serial: serial.Serial | None = None
         self._fd = -1
@@ -383,6 +385,9 @@ class Chain:
         self._next_slot = (slot + 1) & 0x7F
         if work.clean:
             self._live.clear()
+            # nonces of retired slots are counted stale before the duplicate check: forget them
+            self._seen.clear()
+            self._seen_set.clear()
         with contextlib.suppress(ValueError):
             self._live.remove(slot)  # the slot is reused: its old work is gone
         self._slots[slot] = work
@@ -874,7 +879,7 @@ class Chain:
         if r.work_id not in self._live:
             self._stale(chip, r.work_id, r.nonce)
             return
-        key = (r.work_id, r.nonce)
+        key = r.work_id << 32 | r.nonce
         if key in self._seen_set:
             self._hw(chip, "hw_error", f"duplicate nonce {r.nonce:#010x} work id {r.work_id}")
             return
