@@ -187,14 +187,19 @@ def from_gbt(
     commitment_script = None if commitment is None else _hex(commitment, "witness commitment")
     mweb = tpl.get("mweb")
     height = _field(tpl, "height", int)
-    coinb1, coinb2 = coinbase_parts(
-        height=height,
-        value=_field(tpl, "coinbasevalue", int),
-        payout_script=payout_script,
-        witness_commitment=commitment_script,
-        extranonce_size=extranonce_size,
-        tag=tag,
-    )
+    try:
+        coinb1, coinb2 = coinbase_parts(
+            height=height,
+            value=_field(tpl, "coinbasevalue", int),
+            payout_script=payout_script,
+            witness_commitment=commitment_script,
+            extranonce_size=extranonce_size,
+            tag=tag,
+        )
+    except TemplateError:
+        raise
+    except ValueError as e:  # a negative or huge height or coinbasevalue
+        raise TemplateError(f"getblocktemplate height/coinbasevalue: {e}") from None
     try:
         prevhash = prevhash_from_display(_field(tpl, "previousblockhash", str))
         nbits = int(_field(tpl, "bits", str), 16)
