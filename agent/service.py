@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import hashlib
 import io
 import logging
@@ -157,6 +158,7 @@ class MiningService:
                 code = 1
                 break
             outcome = await self._wait(stop)
+            gc.unfreeze()  # what start() froze may be garbage once the mining side is down
             await self.shutdown()
             if outcome != "restart":
                 code = 1 if outcome == "failed" else 0
@@ -236,6 +238,11 @@ class MiningService:
             self._start_guardian()
         await self.rebuild_pools()
         self._publish()  # the chains are in the snapshot before the first tick
+        # Everything made so far (modules, config, board, pools) lives as long as the process:
+        # out of the collector's sight, a full collection no longer walks it in the middle of
+        # dispatching work (tens of ms on the board's CPU, for nothing it could free).
+        gc.collect()
+        gc.freeze()
         self.ready.set()
         self.notifier.ready(f"mining on {self._describe()}")
         log.info("mining on %s", self._describe())

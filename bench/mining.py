@@ -116,6 +116,21 @@ def _pin_one_cpu() -> tuple[set[int] | None, int | None]:
     return before, cpu
 
 
+def split_cpus() -> tuple[set[int], set[int]] | None:
+    """(the agent's CPUs, the hardware's CPU) on a machine with two or more: the emulated chips,
+    the pools and the load generators stand for hardware and other machines, so they get a CPU
+    of their own: they neither take the agent's nor preempt it when its writes wake them (a
+    board's UARTs wake no process). None on one CPU: everything shares it."""
+    try:
+        cpus = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        return None
+    if len(cpus) < 2:
+        return None
+    hw = max(cpus)
+    return cpus - {hw}, {hw}
+
+
 def _frames(n: int, chips: int, interval: int) -> tuple[bytes, int]:
     """n distinct nonce frames over `chips` chips, 4 work slots; returns (stream, frame count)."""
     out = bytearray()
@@ -391,13 +406,24 @@ async def _in_process(quick: bool) -> dict[str, Any]:
     failovers = 1 if quick else 3
     interval = 0.25  # a clean job every 0.25 s: still far more often than a real pool
     ctx = multiprocessing.get_context("spawn")
-    loadgen = concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx)
+    split = split_cpus()
+    pin: dict[str, Any] = {} if split is None else {
+        "initializer": os.sched_setaffinity, "initargs": (0, split[1])}  # fmt: skip
+    loadgen = concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx, **pin)
     pools = PoolThread(1 / 256)
     pools.start(2)
     loop = asyncio.get_running_loop()
     out: dict[str, Any] = {}
+    before = os.sched_getaffinity(0)
     with tempfile.TemporaryDirectory(prefix="doge-bench-") as tmp, \
             EmulatorProcess(Path(tmp) / "board") as emu:
+        if split is not None:
+            emu.pin(split[1])
+            if pools.thread.native_id is not None:
+                os.sched_setaffinity(pools.thread.native_id, split[1])
+            os.sched_setaffinity(0, split[0])  # this thread runs the agent
+        out["cpus"] = None if split is None else {"agent": sorted(split[0]),
+                                                  "hardware_pools_load": sorted(split[1])}
         urls = [f"stratum+tcp://127.0.0.1:{p.port}" for p in pools.pools]
         conf = loads(_agent_conf(Path(tmp), urls, emu.root))
         service = MiningService(conf, notifier=Notifier({}),
@@ -449,6 +475,7 @@ async def _in_process(quick: bool) -> dict[str, Any]:
                 await asyncio.wait_for(runner, WAIT_S)
             pools.stop()
             loadgen.shutdown(cancel_futures=True)
+            os.sched_setaffinity(0, before)
     return out
 
 
@@ -569,18 +596,24 @@ def agent_process(rate_scale: float = 1.0, settle_s: float = 5.0, seconds: float
             env = {k: v for k, v in os.environ.items()
                    if not k.startswith(("DOGE_AGENT", "NOTIFY_", "WATCHDOG_"))}
             env.update(PYTHONPATH=str(ROOT))
-            return _measure_process(conf, env, emu.pid, web, settle_s, seconds, rate_scale)
+            split = split_cpus()
+            if split is not None:
+                emu.pin(split[1])
+            return _measure_process(conf, env, emu, web, settle_s, seconds, rate_scale, split)
     finally:
         pools.stop()
 
 
-def _measure_process(conf: Path, env: dict[str, str], emulator_pid: int, web: int,
-                     settle_s: float, seconds: float, rate_scale: float) -> dict[str, Any]:
+def _measure_process(conf: Path, env: dict[str, str], emu: EmulatorProcess, web: int,
+                     settle_s: float, seconds: float, rate_scale: float,
+                     split: tuple[set[int], set[int]] | None) -> dict[str, Any]:  # fmt: skip
     marks: dict[str, float] = {}
     log_tail: list[str] = []
     t_start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "-c", str(conf)],
                             stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    if split is not None:  # before it starts threads: they inherit it
+        os.sched_setaffinity(proc.pid, split[0])
 
     def read() -> None:
         assert proc.stderr is not None
@@ -602,7 +635,7 @@ def _measure_process(conf: Path, env: dict[str, str], emulator_pid: int, web: in
         if "first_share" not in marks:
             raise RuntimeError("the agent found no share:\n" + "".join(log_tail))
         time.sleep(settle_s)
-        agent, emulator = psutil.Process(proc.pid), psutil.Process(emulator_pid)
+        agent, emulator = psutil.Process(proc.pid), psutil.Process(emu.pid)
 
         def cpu(p: psutil.Process) -> float:
             t = p.cpu_times()
@@ -645,6 +678,8 @@ def _measure_process(conf: Path, env: dict[str, str], emulator_pid: int, web: in
         "emulator_process": {"cpu_pct": round(100 * (e1 - e0) / wall, 2),
                              "rss_mb_max": round(max(emu_rss) / 2**20, 1)},
         "exit_code": code,
+        "cpus": None if split is None else {"agent": sorted(split[0]),
+                                            "emulator": sorted(split[1])},
     }
 
 
