@@ -45,6 +45,7 @@ from agent.emulator.server import EmulatorControl, EmulatorProcess  # noqa: E402
 
 POOL_DIFFICULTY = 1 / 256
 WARMUP_FRACTION = 0.2  # RSS growth is fitted after this share of the run (imports, caches)
+SETTLE_S = 90.0  # at the end: for the agent to reconnect (its backoff) and pending shares to drain
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -94,6 +95,8 @@ class Soak:
         self.samples: list[dict[str, Any]] = []
         self.faults: dict[str, int] = {}
         self.pool_restarts = 0
+        self.pool_down = False  # the soak ended while the pool was killed: bring it back
+        self.pool_port = 0
         self.invariant_breaks = 0
         self.agent: psutil.Process | None = None
         self.emulator: psutil.Process | None = None
@@ -106,12 +109,17 @@ class Soak:
     async def _pool_restarts(self) -> None:
         while True:
             await asyncio.sleep(self.args.pool_restart_s)
-            port = self.pool.port
+            self.pool_port = self.pool.port
+            self.pool_down = True
             await self.pool.stop()
             await asyncio.sleep(self.args.pool_down_s)
-            self.pool = StratumPool(port=port, policy=FixedDifficulty(POOL_DIFFICULTY))
-            await self.pool.start()
+            await self._pool_back()
             self.pool_restarts += 1
+
+    async def _pool_back(self) -> None:
+        self.pool = StratumPool(port=self.pool_port, policy=FixedDifficulty(POOL_DIFFICULTY))
+        await self.pool.start()
+        self.pool_down = False
 
     async def _chip_faults(self, control: EmulatorControl, chains: int, chips: int) -> None:
         while True:
@@ -238,12 +246,14 @@ class Soak:
             await asyncio.gather(*helpers, return_exceptions=True)
         if proc.poll() is not None:
             raise RuntimeError("the agent exited during the soak:\n" + "".join(self.log_tail))
+        if self.pool_down:  # stopped in its down time: the final count needs the pool's answers
+            await self._pool_back()
         for chain in range(chains):  # every chip back before the final count
             for p in range(chips):
                 control.chain(chain, "restore", p)
         # the final count: the lines and the pool settle (pending answered, every nonce the chips
         # emitted before the status was read is counted)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + SETTLE_S
         while time.monotonic() < deadline:
             emitted = sum(c["nonces_out"] for c in control.stats()["chains"])
             snap = await asyncio.to_thread(self._status)
