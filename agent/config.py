@@ -356,7 +356,8 @@ def listen_address(v: Any) -> tuple[Any, str | None]:
         host = host[1:-1]
     if not sep or not host or (":" in host and not v.startswith("[")) or " " in host:
         return None, why
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
+    # isascii: "²".isdigit() is True but int("²") raises
+    if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         return None, why
     return v, None
 
@@ -814,7 +815,7 @@ def env_overrides(
         parts = name[len(D.ENV_PREFIX) :].lower().split("__")
         value = env[name]
         if parts[0] == "pools":
-            if len(parts) != 3 or not parts[1].isdigit():
+            if len(parts) != 3 or not (parts[1].isascii() and parts[1].isdigit()):
                 errors.append(f"{name}: pool overrides are {D.ENV_PREFIX}POOLS__<index>__<KEY>")
                 continue
             index, key = int(parts[1]), parts[2]

@@ -225,8 +225,10 @@ def test_fuzz_peer_addresses_and_allow_lists(ip: str, entries: list[Any]) -> Non
 # ---------------------------------------------------------------------------- config
 
 
-@given(st.text(max_size=60) | st.builds(lambda h, p: f"{h}:{p}", st.text(max_size=20),
-                                        st.text(alphabet="0123456789-+ ", max_size=8)))  # fmt: skip
+_ports = st.text(alphabet="0123456789-+ ²٣", max_size=8)  # (² and ٣ are isdigit(), not ASCII)
+
+
+@given(st.text(max_size=60) | st.builds(lambda h, p: f"{h}:{p}", st.text(max_size=20), _ports))
 def test_fuzz_listen_address(listen: str) -> None:
     try:
         host, port = parse_listen(listen)

@@ -44,7 +44,7 @@ REALM = "doge-agent"
 def parse_listen(listen: str) -> tuple[str, int]:
     """'host:port' or '[v6]:port' -> (host, port); raises ValueError naming what is wrong."""
     host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise ValueError(f"listen must be 'host:port', got {listen!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
