@@ -184,7 +184,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         rec = TargetRecord(_target_key(item), surface, n)
         item.stash[_RECORD] = rec
         handle.inner_test = _watched(handle.inner_test, rec)
-    if FUZZ and config.getoption("markexpr", "") == "fuzz":
+    whole = not config.getoption("keyword") and all(Path(a).is_dir() for a in config.args)
+    if FUZZ and config.getoption("markexpr", "") == "fuzz" and whole:
         found = {_target_key(i) for i in items}
         missing = sorted(set(FUZZ_TARGETS) - found)
         if missing:
