@@ -98,6 +98,8 @@ FUZZ_TARGETS: dict[str, tuple[str, float]] = {
     "test_fuzz_parsers.py::test_fuzz_remote_miner_data": ("peers", 1.0),
     "test_fuzz_parsers.py::test_fuzz_getblocktemplate": ("peers", 0.4),
     "test_pool_server.py::test_property_submit_params_only_ever_give_share_errors": ("peers", 0.5),
+    # the emulated board's link socket (I2C and fault injection for `emulate --root`)
+    "test_emulator_process.py::test_property_link_server_answers_every_line": ("peers", 0.5),
 }
 
 
