@@ -24,7 +24,7 @@ $(EXT): $(VENV)/.stamp $(CSRC) setup.py
 build: $(EXT)
 
 lint: build
-	$(VENV)/bin/ruff check agent tests bench
+	$(VENV)/bin/ruff check agent tests bench tools
 
 test: build lint
 	$(PY) -m pytest -q -ra tests
