@@ -1,15 +1,17 @@
 """`make bench`, mining section: the figures issues 4, 5, 6 and 9 ask of the mining path.
 
-Everything runs on loopback against the local Stratum pool (agent.emulator.pool, on a thread of
-the bench) and the emulated L3+ (4 chains x 72 BM1485 on pseudo-terminals) in a process of its own
-(`doge-agent emulate --root DIR`), as the hash boards are outside the agent on a real miner.
+Everything runs on loopback against the local Stratum pool (agent.emulator.pool, in a process or
+on a thread of the bench) and the emulated L3+ (4 chains x 72 BM1485 on pseudo-terminals) in a
+process of its own (`doge-agent emulate --root DIR`), as the hash boards are outside the agent on
+a real miner.
 Nothing in the agent is changed: the time stamps come from wrappers the bench installs around
 existing methods, in this process only.
 
 * `ingest()`: BM1485 frames decoded per second and nonces ingested per second by the chain driver
   (decode, checks, scrypt verification, hand-off), on one core (the thread pinned to one CPU).
 * `in_process()`: the agent (MiningService, attached to the emulator) on this process's loop, the
-  pools on their own loop in a thread, load generators in a spawned process (bench/load.py):
+  pools in a process of their own (bench/pool_proc.py), load generators in spawned processes
+  (bench/load.py); with 2+ CPUs the emulator, pools and load get one CPU, the agent the rest:
   notify -> work ready / written to all 4 chains, nonce -> submit; the same under good-request
   load (requests per second of /api/status and 4028) and under a flood of bad requests; failover
   from a killed primary pool to the backup.
@@ -23,6 +25,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import itertools
 import json
 import logging
 import multiprocessing
@@ -42,7 +45,6 @@ import psutil
 
 from agent import defaults as D
 from agent.config import loads
-from agent.emulator import pool as pool_mod
 from agent.emulator.pool import FixedDifficulty, StratumPool
 from agent.emulator.server import EmulatorProcess
 from agent.hardware import bm1485 as bm
@@ -258,12 +260,79 @@ class PoolThread:
         self.thread.join(10)
 
 
+class PoolProcess:
+    """The two local pools in bench/pool_proc.py, a process of their own: a pool on a thread of
+    this process would share the GIL with the agent under test (a real pool is another machine).
+    Each notify's send time comes back on the child's stdout (perf_counter is CLOCK_MONOTONIC,
+    one clock for every process)."""
+
+    def __init__(self, difficulty: float) -> None:
+        self.difficulty = difficulty
+        self.ports: list[int] = []
+        self.sent: dict[tuple[int, str], float] = {}  # (port, job id) -> t
+        self.proc: subprocess.Popen[str] | None = None
+        self._ids = itertools.count(1)
+        self._done: dict[int, threading.Event] = {}
+        self._lock = threading.Lock()
+        self._reader: threading.Thread | None = None
+
+    def start(self, count: int, cpus: set[int] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "pool_proc.py"), str(count),
+             repr(self.difficulty)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+        )  # fmt: skip
+        if cpus is not None:
+            os.sched_setaffinity(self.proc.pid, cpus)
+        assert self.proc.stdout is not None
+        first = json.loads(self.proc.stdout.readline())
+        self.ports = first["ready"]
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            msg = json.loads(line)
+            if "sent" in msg:
+                port, job_id, t = msg["sent"]
+                self.sent[(port, job_id)] = t
+            elif "id" in msg:
+                with self._lock:
+                    done = self._done.pop(msg["id"], None)
+                if done is not None:
+                    done.set()
+
+    async def command(self, cmd: str, i: int = 0) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        n = next(self._ids)
+        done = threading.Event()
+        with self._lock:
+            self._done[n] = done
+        self.proc.stdin.write(json.dumps({"cmd": cmd, "i": i, "id": n}) + "\n")
+        self.proc.stdin.flush()
+        if not await asyncio.to_thread(done.wait, WAIT_S):
+            raise RuntimeError(f"the pool process did not answer {cmd}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(OSError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
 class Probe:
     """Time stamps from wrapped methods. perf_counter is one monotonic clock for all threads."""
 
     def __init__(self) -> None:
         self.phase = "warmup"
-        self.notify_sent: dict[tuple[int, str], float] = {}  # (pool port, job id) -> t
+        self.notify_sent: dict[tuple[int, str], float] = {}  # (pool port, job id) -> t sent
         self.ready_t = 0.0
         self.jobs: list[dict[str, Any]] = []  # one per job the agent dispatched
         self.decoded: dict[int, float] = {}  # nonce -> frame decoded (Chain._nonce)
@@ -276,13 +345,6 @@ class Probe:
     @contextlib.contextmanager
     def install(self, service: MiningService) -> Iterator[None]:
         probe = self
-
-        def send(orig: Any) -> Any:
-            async def wrapped(s: Any, obj: dict[str, Any]) -> None:
-                if obj.get("method") == "mining.notify":
-                    probe.notify_sent[(s.pool.port, str(obj["params"][0]))] = time.perf_counter()
-                await orig(s, obj)
-            return wrapped
 
         def on_job_ws(orig: Any) -> Any:
             def wrapped(ws: WorkSource, *a: Any, **k: Any) -> Any:
@@ -331,11 +393,10 @@ class Probe:
             t_in = time.perf_counter()
             orig_on_job(job)
             t_out = time.perf_counter()
-            port = next((p for (p, jid) in probe.notify_sent if jid == job.notify.job_id
-                         and f":{p}" in job.pool), None)  # fmt: skip
-            sent = probe.notify_sent.pop((port, job.notify.job_id), None) if port else None
+            # the send time is looked up later: from the pool process it may land after this
+            key = (int(job.pool.rsplit(":", 1)[1]), job.notify.job_id)
             probe.jobs.append({"phase": probe.phase, "pool": job.pool, "t_in": t_in,
-                               "t_out": t_out, "ready": probe.ready_t, "sent": sent})
+                               "t_out": t_out, "ready": probe.ready_t, "key": key})
             if len(probe.decoded) > 50_000:  # nonces never submitted (below target, stale)
                 probe.decoded.clear()
                 probe.on_nonce.clear()
@@ -343,7 +404,6 @@ class Probe:
 
         service._on_job = on_job  # type: ignore[method-assign]
         with contextlib.ExitStack() as stack:
-            stack.enter_context(_patched(pool_mod.Session, "send", send))
             stack.enter_context(_patched(WorkSource, "on_job", on_job_ws))
             stack.enter_context(_patched(Chain, "_nonce", chain_nonce))
             stack.enter_context(_patched(SharePath, "on_nonce", share_nonce))
@@ -352,6 +412,8 @@ class Probe:
             yield
 
     def latency(self, phase: str) -> dict[str, Any]:
+        for j in self.jobs:
+            j.setdefault("sent", self.notify_sent.get(j["key"]))
         jobs = [j for j in self.jobs if j["phase"] == phase and j["sent"] is not None]
         subs = [s for s in self.submits if s["phase"] == phase]
         return {
@@ -363,7 +425,7 @@ class Probe:
         }
 
 
-async def _notifies(pools: PoolThread, seconds: float, interval_s: float) -> int:
+async def _notifies(pools: PoolProcess, seconds: float, interval_s: float) -> int:
     """A notify every ~interval_s from the primary pool for `seconds`: a new block (clean job)
     every CLEAN_EVERY-th, updated jobs in between (as a pool sends between blocks; a clean job
     every interval would make every share in flight stale)."""
@@ -371,11 +433,7 @@ async def _notifies(pools: PoolThread, seconds: float, interval_s: float) -> int
     end = loop.time() + seconds
     n = 0
     while loop.time() < end:
-        pool = pools.pools[0]
-        if n % CLEAN_EVERY == 0:
-            await pools.acall(pool.new_block())
-        else:
-            await pools.acall(pool.publish(pool.source.template(pool, False), clean=False))
+        await pools.command("new_block" if n % CLEAN_EVERY == 0 else "publish", 0)
         n += 1
         await asyncio.sleep(interval_s * (0.8 + 0.4 * (n * 0.618 % 1)))  # no aliasing with ticks
     return n
@@ -410,8 +468,8 @@ async def _in_process(quick: bool) -> dict[str, Any]:
     pin: dict[str, Any] = {} if split is None else {
         "initializer": os.sched_setaffinity, "initargs": (0, split[1])}  # fmt: skip
     loadgen = concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx, **pin)
-    pools = PoolThread(1 / 256)
-    pools.start(2)
+    pools = PoolProcess(1 / 256)
+    pools.start(2, None if split is None else split[1])
     loop = asyncio.get_running_loop()
     out: dict[str, Any] = {}
     before = os.sched_getaffinity(0)
@@ -419,16 +477,15 @@ async def _in_process(quick: bool) -> dict[str, Any]:
             EmulatorProcess(Path(tmp) / "board") as emu:
         if split is not None:
             emu.pin(split[1])
-            if pools.thread.native_id is not None:
-                os.sched_setaffinity(pools.thread.native_id, split[1])
             os.sched_setaffinity(0, split[0])  # this thread runs the agent
         out["cpus"] = None if split is None else {"agent": sorted(split[0]),
                                                   "hardware_pools_load": sorted(split[1])}
-        urls = [f"stratum+tcp://127.0.0.1:{p.port}" for p in pools.pools]
+        urls = [f"stratum+tcp://127.0.0.1:{port}" for port in pools.ports]
         conf = loads(_agent_conf(Path(tmp), urls, emu.root))
         service = MiningService(conf, notifier=Notifier({}),
                                 pool_options=PoolOptions(stability_s=0.5))  # fmt: skip
         probe = Probe()
+        probe.notify_sent = pools.sent  # filled by the pool process's reader thread
         stop = asyncio.Event()
         try:
             with probe.install(service):
@@ -479,7 +536,7 @@ async def _in_process(quick: bool) -> dict[str, Any]:
     return out
 
 
-async def _failover(service: MiningService, pools: PoolThread, probe: Probe, reps: int
+async def _failover(service: MiningService, pools: PoolProcess, probe: Probe, reps: int
                     ) -> dict[str, Any]:  # fmt: skip
     """Kill the primary: time to the backup's work on the chains, and to the first share
     submitted to the backup; then the primary comes back and the agent fails back."""
@@ -491,14 +548,13 @@ async def _failover(service: MiningService, pools: PoolThread, probe: Probe, rep
         pm = service.pools
         assert pm is not None
         primary = pm.active or ""
-        if f":{pools.pools[0].port}" not in primary:
-            await _wait_for(lambda: f":{pools.pools[0].port}" in (service.pools.active or ""),
+        if f":{pools.ports[0]}" not in primary:
+            await _wait_for(lambda: f":{pools.ports[0]}" in (service.pools.active or ""),
                             30)  # type: ignore[union-attr]
             primary = service.pools.active or ""  # type: ignore[union-attr]
         n_jobs, n_subs = len(probe.jobs), len(probe.pool_submits)
-        port = pools.pools[0].port
         t_kill = time.perf_counter()
-        await pools.acall(pools.pools[0].stop())
+        await pools.command("stop", 0)
 
         def switched(primary: str = primary, n_jobs: int = n_jobs) -> bool:
             return any(j["pool"] != primary for j in probe.jobs[n_jobs:])
@@ -523,7 +579,7 @@ async def _failover(service: MiningService, pools: PoolThread, probe: Probe, rep
         if await _wait_for(shared, 10):
             share_s.append(next(t for p, t in probe.pool_submits[n_subs:]
                                 if p != primary) - t_kill)  # fmt: skip
-        await pools.restart(0, port)
+        await pools.command("restart", 0)
         if await _wait_for(back, 30):
             failback_ok += 1
     worst = max(share_s) if share_s else None
