@@ -145,6 +145,7 @@ BM1485_COUNT_WINDOW_S = 2.0  # chip counting: how long to collect CHIP_ADDR repl
 BM1485_COUNT_RETRIES = 6  # re-checks of a chain short of chips before mining with what answered
 BM1485_REPLY_TIMEOUT_S = 0.5  # one addressed register read
 BM1485_HASHRATE_POLL_S = 1.0
+POLL_STAGGER_CHAINS = 4  # chains spread their HASHRATE polls over the poll period
 BM1485_TEMP_POLL_S = 10.0
 BM1485_MISSED_POLLS_LOST = 3  # a chip missing this many HASHRATE polls in a row has dropped off
 # one address answering a HASHRATE poll this many times: the chips were reset (all at address 0)

@@ -761,6 +761,10 @@ class Chain:
 
     async def _poll_loop(self) -> None:
         t = self.timing
+        # Chains poll in turn, not together: each poll brings every chip's reply (72 frames)
+        # back at once, and four chains' worth in one go kept the event loop from a notify.
+        await asyncio.sleep(t.hashrate_poll_s * (self.chain % D.POLL_STAGGER_CHAINS)
+                            / D.POLL_STAGGER_CHAINS)  # fmt: skip
         while True:
             await asyncio.sleep(t.hashrate_poll_s)  # the poll period itself
             if time.monotonic() - self.last_rx > t.silence_s:
