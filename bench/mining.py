@@ -460,7 +460,8 @@ async def _wait_for(cond: Callable[[], bool], timeout: float) -> bool:
 
 async def _in_process(quick: bool) -> dict[str, Any]:
     phase_s = 2.0 if quick else 15.0
-    idle_s = 2.0 if quick else 60.0  # ~240 notifies: a p99 of 60 would be just the worst one
+    # idle and flood (compared with it): ~240 notifies each; a p99 of 60 is just the worst one
+    idle_s = 2.0 if quick else 60.0
     rps_s = 1.0 if quick else 5.0
     failovers = 1 if quick else 3
     interval = 0.25  # a clean job every 0.25 s: still far more often than a real pool
@@ -518,8 +519,8 @@ async def _in_process(quick: bool) -> dict[str, Any]:
                 api_rps = await phase("cgminer_load", functools.partial(
                     load.hammer, api, "cgminer", rps_s))
                 flood = await phase("flood", functools.partial(
-                    load.flood, web, api, phase_s, 64), functools.partial(
-                    load.flood, web, api, phase_s, 64))
+                    load.flood, web, api, idle_s, 64), functools.partial(
+                    load.flood, web, api, idle_s, 64))
                 probe.phase = "after"
                 out["failover"] = await _failover(service, pools, probe, failovers)
                 out["latency"] = {p: probe.latency(p)

@@ -738,8 +738,11 @@ class EmulatedChain:
             hashing = [c for c in self._chips if c.addressed and not c.vanished and c.hashrate_hs]
             idle = self._silent or self._held or self._unpowered
             if idle or self._current is None or not hashing:
+                # Each chip starts at its own point of a chunk: with equal clocks, chips that all
+                # started from 0 would finish their chunks together, and nonces would come in
+                # bursts one chunk-time apart (a real chain's nonces come one by one).
                 for c in self._chips:
-                    c.budget = 0.0
+                    c.budget = self._rng.random() * CHUNK
                 self.model_time_s += dt * self.rate_scale
                 return
             # each chip computes in proportion to its own clock and cores (shared cap)
