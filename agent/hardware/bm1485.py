@@ -450,11 +450,12 @@ def response_ok(frame: bytes | bytearray | memoryview, offset: int = 0) -> bool:
     return crc5(w, 56) == 0
 
 
-def decode_response(frame: bytes) -> Response:
-    """A 7-byte chip response, checked by CRC5; FrameError says what was wrong."""
+def decode_response(frame: bytes, *, checked: bool = False) -> Response:
+    """A 7-byte chip response, checked by CRC5 (unless response_ok() has already passed it:
+    `checked`); FrameError says what was wrong."""
     if len(frame) != RESPONSE_BYTES:
         raise FrameError(f"response must be 7 bytes, got {len(frame)}")
-    if crc5(frame, 51) != frame[6] & 0x1F:
+    if not checked and crc5(frame, 51) != frame[6] & 0x1F:
         raise FrameError(f"response CRC5 {frame[6] & 0x1F:#04x}, want {crc5(frame, 51):#04x}")
     if frame[6] & 0x80:
         return NonceResponse(int.from_bytes(frame[:4], "big"), frame[5] & 0x7F, frame[4] & 0x3F)
@@ -506,16 +507,20 @@ class StreamDecoder:
     def _process(self, final: bool) -> list[Response]:
         out: list[Response] = []
         buf = self._buf
+        known: bool | None = None  # response_ok(buf) when the lookahead has already said
         while len(buf) >= RESPONSE_BYTES:
             if self._synced:
-                ok = response_ok(buf)
+                ok = response_ok(buf) if known is None else known
+                known = None
                 # A window that checks but is followed by one that fails may be noise that
                 # happens to check (1 in 32): judge it against its neighbours as in a resync.
-                if ok and (self._trust or len(buf) < 14 or response_ok(buf, 7)):
-                    out.append(decode_response(bytes(buf[:7])))
+                ahead = None if not ok or self._trust or len(buf) < 14 else response_ok(buf, 7)
+                if ok and (self._trust or len(buf) < 14 or ahead):
+                    out.append(decode_response(bytes(buf[:7]), checked=True))
                     self.frames += 1
                     self._trust = False
                     del buf[:7]
+                    known = ahead  # that window is now the first: checked once is enough
                     continue
                 self._synced = False
                 if not ok:
