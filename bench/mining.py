@@ -794,8 +794,11 @@ def run(quick: bool = False, log: Callable[[str], None] = print) -> dict[str, An
         "schema": 1,
         "quick": quick,
         "seconds_total": round(time.perf_counter() - started, 1),
-        "setup": "loopback; emulated L3+ (4 x 72 BM1485 on ptys, ticket 1/1024 = ~30 nonces/s); "
-                 "in-process pools (difficulty 1/256 in process, 1/64 for the subprocess)",
+        "setup": "loopback; emulated L3+ (4 x 72 BM1485 on ptys, ticket 1/1024 = ~30 nonces/s) "
+                 "in its own process (doge-agent emulate --root); latency run: the agent on this "
+                 "process's loop, pools in bench/pool_proc.py (difficulty 1/256); RSS/CPU runs: "
+                 "doge-agent run in a subprocess, pool on a thread here (1/64); with 2+ CPUs the "
+                 "emulator, pools and load generators get one CPU and the agent the others",
         "ingest": ing,
         "latency": lat,
         "surfaces": inp["surfaces"],
