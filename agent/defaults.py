@@ -144,7 +144,10 @@ BM1485_INACTIVE_WAIT_S = 0.03  # after chain inactive, before addressing
 BM1485_COUNT_WINDOW_S = 2.0  # chip counting: how long to collect CHIP_ADDR replies
 BM1485_COUNT_RETRIES = 6  # re-checks of a chain short of chips before mining with what answered
 BM1485_REPLY_TIMEOUT_S = 0.5  # one addressed register read
-BM1485_HASHRATE_POLL_S = 1.0
+# HASHRATE broadcast read (per-chip rate, lost chips after BM1485_MISSED_POLLS_LOST polls). Stock
+# polls every 1 s; every poll brings 72 replies per chain to decode, which on the L3+'s 1 GHz
+# Cortex-A8 is CPU taken from mining for a figure that changes slowly: every 2 s (lost in 6 s).
+BM1485_HASHRATE_POLL_S = 2.0
 POLL_STAGGER_CHAINS = 4  # chains spread their HASHRATE polls over the poll period
 BM1485_TEMP_POLL_S = 10.0
 BM1485_MISSED_POLLS_LOST = 3  # a chip missing this many HASHRATE polls in a row has dropped off
