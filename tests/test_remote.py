@@ -110,8 +110,12 @@ def test_remote_board_reads_pauses_and_resumes_a_second_agent(
             after = remote.state.snapshot()
             assert [c["id"] for c in mine["chains"]] == [0, 1, 2, 3]
             for got, b, a in zip(mine["chains"], before["chains"], after["chains"], strict=True):
-                lo, hi = sorted((b["temp_c"], a["temp_c"]))
-                assert round(lo) - 1 <= got["temp_c"] <= round(hi) + 1
+                # a chain's reading may be missing for a moment (a chain still booting): None
+                seen = [t for t in (b["temp_c"], a["temp_c"]) if t is not None]
+                if got["temp_c"] is None:  # only if the remote had none at one of the ends
+                    assert len(seen) < 2, (got, b, a)
+                    continue
+                assert seen and round(min(seen)) - 1 <= got["temp_c"] <= round(max(seen)) + 1
             b, a = before, after
             assert len(mine["fans"]) == 2, mine["fans"]
             for i, got in enumerate(mine["fans"]):
