@@ -612,13 +612,23 @@ def in_process(quick: bool = False) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ subprocess
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _status_snapshot(port: int) -> dict[str, Any]:
+def agent_env() -> dict[str, str]:
+    """This environment for a `doge-agent run` child: no DOGE_AGENT overrides, no systemd
+    notify/watchdog variables of ours, this checkout importable."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DOGE_AGENT", "NOTIFY_", "WATCHDOG_"))}  # fmt: skip
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def status_snapshot(port: int) -> dict[str, Any]:
+    """GET /api/status of an agent on 127.0.0.1:port."""
     import http.client
 
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -639,7 +649,7 @@ def agent_process(rate_scale: float = 1.0, settle_s: float = 5.0, seconds: float
     k / 32 x more than at 1x while the agent verifies k x the nonces."""
     pools = PoolThread(1 / 64)
     pools.start(1)
-    web, api = _free_port(), _free_port()
+    web, api = free_port(), free_port()
     td = D.EMULATED_TICKET_DIFFICULTY / min(rate_scale, EASIEST_TICKET_X)
     try:
         with tempfile.TemporaryDirectory(prefix="doge-bench-") as tmp, EmulatorProcess(
@@ -652,13 +662,11 @@ def agent_process(rate_scale: float = 1.0, settle_s: float = 5.0, seconds: float
                                 f'cgminer_listen = "127.0.0.1:{api}"')
             conf = Path(tmp) / "agent.toml"
             conf.write_text(text)
-            env = {k: v for k, v in os.environ.items()
-                   if not k.startswith(("DOGE_AGENT", "NOTIFY_", "WATCHDOG_"))}
-            env.update(PYTHONPATH=str(ROOT))
             split = split_cpus()
             if split is not None:
                 emu.pin(split[1])
-            return _measure_process(conf, env, emu, web, settle_s, seconds, rate_scale, split)
+            return _measure_process(conf, agent_env(), emu, web, settle_s, seconds, rate_scale,
+                                    split)  # fmt: skip
     finally:
         pools.stop()
 
@@ -700,7 +708,7 @@ def _measure_process(conf: Path, env: dict[str, str], emu: EmulatorProcess, web:
             t = p.cpu_times()
             return float(t.user + t.system)
 
-        snap0 = _status_snapshot(web)
+        snap0 = status_snapshot(web)
         c0, e0, w0 = cpu(agent), cpu(emulator), time.perf_counter()
         rss: list[int] = []
         emu_rss: list[int] = []
@@ -709,7 +717,7 @@ def _measure_process(conf: Path, env: dict[str, str], emu: EmulatorProcess, web:
             emu_rss.append(emulator.memory_info().rss)
             time.sleep(0.25)
         c1, e1, w1 = cpu(agent), cpu(emulator), time.perf_counter()
-        snap1 = _status_snapshot(web)
+        snap1 = status_snapshot(web)
         uss = agent.memory_full_info().uss
         threads = agent.num_threads()
         wall = w1 - w0

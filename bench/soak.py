@@ -20,13 +20,10 @@ import argparse
 import asyncio
 import contextlib
 import datetime
-import http.client
 import json
 import logging
-import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +39,7 @@ sys.path.insert(0, str(ROOT))  # run as a script: make the in-place built `agent
 
 from agent.emulator.pool import FixedDifficulty, StratumPool  # noqa: E402
 from agent.emulator.server import EmulatorControl, EmulatorProcess  # noqa: E402
+from bench.mining import agent_env, free_port, status_snapshot  # noqa: E402
 
 POOL_DIFFICULTY = 1 / 256
 WARMUP_FRACTION = 0.2  # RSS growth is fitted after this share of the run (imports, caches)
@@ -59,12 +57,6 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", metavar="PATH", default=str(ROOT / "bench" / "soak.json"))
     return p.parse_args(argv)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def slope_per_hour(points: list[tuple[float, float]]) -> float:
@@ -140,12 +132,7 @@ class Soak:
                 control.chain(chain, "bad_nonces", self.rng.randint(1, 5))
 
     def _status(self) -> dict[str, Any]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.web_port, timeout=10)
-        try:
-            conn.request("GET", "/api/status")
-            return json.loads(conn.getresponse().read())  # type: ignore[no-any-return]
-        finally:
-            conn.close()
+        return status_snapshot(self.web_port)
 
     def _sample(self, control: EmulatorControl, t0: float) -> dict[str, Any]:
         assert self.agent is not None and self.emulator is not None
@@ -170,7 +157,7 @@ class Soak:
         return row
 
     def _config(self, root: Path) -> Path:
-        self.web_port = _free_port()
+        self.web_port = free_port()
         conf = self.state_dir / "agent.toml"
         conf.write_text(
             f'[api]\nhttp_listen = "127.0.0.1:{self.web_port}"\ncgminer_listen = "127.0.0.1:0"\n'
@@ -195,11 +182,9 @@ class Soak:
         with EmulatorProcess(root, "--seed", str(self.args.seed)) as emu:
             control = emu.control()
             self.emulator = psutil.Process(emu.pid)
-            env = {k: v for k, v in os.environ.items()
-                   if not k.startswith(("DOGE_AGENT", "NOTIFY_", "WATCHDOG_"))}  # fmt: skip
             proc = subprocess.Popen(
                 [sys.executable, "-m", "agent", "run", "-c", str(self._config(root))],
-                stderr=subprocess.PIPE, text=True, env=env,
+                stderr=subprocess.PIPE, text=True, env=agent_env(),
             )  # fmt: skip
             reader = threading.Thread(target=self._read_log, args=(proc,), daemon=True)
             reader.start()

@@ -11,6 +11,7 @@ same tests run with the default 100 cases and nothing is recorded."""
 
 from __future__ import annotations
 
+import asyncio
 import faulthandler
 import functools
 import json
@@ -234,6 +235,23 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
         rec.wall_s = round(time.monotonic() - t0, 3)
         rec.max_case_s = round(rec.max_case_s, 4)
         _fuzz_log({"event": "done", **asdict(rec)})
+
+
+async def until_changed(
+    changed: asyncio.Event, cond: Callable[[], bool], timeout: float, what: str
+) -> None:
+    """Wait until cond() holds, re-checking each time `changed` is set (the rig sets it on every
+    nonce and event it records); AssertionError naming `what` after `timeout` seconds."""
+
+    async def loop() -> None:
+        while not cond():
+            changed.clear()
+            await changed.wait()
+
+    try:
+        await asyncio.wait_for(loop(), timeout)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 def require_peer(program: str) -> str:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
+from conftest import until_changed
 
 from agent import scrypt
 from agent.emulator.hashboard import EmulatedBoard, EmulatedChain
@@ -78,15 +79,7 @@ class Rig:
         return w
 
     async def until(self, cond: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
-        async def loop() -> None:
-            while not cond():
-                self.changed.clear()
-                await self.changed.wait()
-
-        try:
-            await asyncio.wait_for(loop(), timeout)
-        except TimeoutError:
-            raise AssertionError(f"timed out waiting for {what or cond}") from None
+        await until_changed(self.changed, cond, timeout, what or str(cond))
 
     def kinds(self, kind: str) -> list[ChainEvent]:
         return [e for e in self.events if e.kind == kind]

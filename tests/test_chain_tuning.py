@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from conftest import until_changed
 from test_chain import FAST as CHAIN_FAST
 from test_chain import run
 
@@ -52,15 +53,7 @@ class Rig:
         self.chain.set_work(Work(1, os.urandom(76), difficulty_to_target(1), clean=True))
 
     async def until(self, cond: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
-        async def loop() -> None:
-            while not cond():
-                self.changed.clear()
-                await self.changed.wait()
-
-        try:
-            await asyncio.wait_for(loop(), timeout)
-        except TimeoutError:
-            raise AssertionError(f"timed out waiting for {what or cond}") from None
+        await until_changed(self.changed, cond, timeout, what or str(cond))
 
     def from_chip(self, chip: int) -> int:
         return sum(1 for n in self.nonces if n.chip == chip)

@@ -17,6 +17,8 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from conftest import until_changed
+
 from agent import scrypt
 from agent.emulator.board import EmulatedL3Plus
 from agent.emulator.hashboard import EmulatedChain
@@ -98,15 +100,7 @@ class Rig:
         return w
 
     async def until(self, cond: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-        async def loop() -> None:
-            while not cond():
-                self.changed.clear()
-                await self.changed.wait()
-
-        try:
-            await asyncio.wait_for(loop(), timeout)
-        except TimeoutError:
-            raise AssertionError(f"timed out waiting for {what}") from None
+        await until_changed(self.changed, cond, timeout, what)
 
     async def mining(self, more: int = 5) -> None:
         """`more` verified nonces from now, each from the chip the emulator says found it."""

@@ -784,10 +784,9 @@ class EmulatedChain:
             found = scrypt.scan(header, start, CHUNK, target)
             with self._lock:
                 self.stats.hashes += CHUNK
-                if self._current is None or self._current[0] != wid or self._silent:
-                    return  # new work or a reset while hashing: these nonces are stale
-                if self._unpowered:
-                    return
+                gone = self._current is None or self._current[0] != wid
+                if gone or self._silent or self._unpowered:
+                    return  # new work, a reset or lost power while hashing: nothing to report
                 for nonce, _ in found:
                     self._report(nonce, wid, position, p_bad)
 

@@ -71,8 +71,7 @@ class ChainTiming:
 @dataclass(frozen=True)
 class ChainEvent:
     """kind: chips_missing, chip_lost, chip_back, chain_silent, chips_reset, chain_recovered,
-    chain_dead,
-    crc_error, hw_error, unknown_work, stale, sensor_error, port_error."""
+    chain_dead, crc_error, hw_error, unknown_work, stale, sensor_error, port_error."""
 
     chain: int
     kind: str
@@ -189,7 +188,6 @@ class Chain:
         self._waiters: dict[tuple[int, int], list[asyncio.Future[bytes]]] = {}
         self._collect: dict[int, tuple[list[bm.RegisterResponse], int, asyncio.Event]] = {}
         self._poll_gen = 0
-        self._answered: set[int] = set()  # chip indexes that answered the current poll
         self._replies: Counter[int] = Counter()  # chip index -> HASHRATE replies this poll
         self._flush_handle: asyncio.TimerHandle | None = None
         self._work_timer: asyncio.TimerHandle | None = None
@@ -525,7 +523,6 @@ class Chain:
             if chip is not None and chip.address == r.chip:
                 self._replies[chip.index] += 1
                 chip.hashrate_hs = float(int.from_bytes(r.value, "big") << 8)
-                self._answered.add(chip.index)
         coll = self._collect.get(r.reg)
         if coll is not None:
             replies, expect, done = coll
@@ -781,7 +778,6 @@ class Chain:
                 )  # fmt: skip
                 continue
             self._check_poll()
-            self._answered = set()
             self._replies.clear()
             self._poll_gen += 1
             self._write(bm.read_register(bm.REG_HASHRATE))
@@ -790,7 +786,7 @@ class Chain:
         if self._poll_gen == 0:
             return
         for chip in self.chips.values():
-            if chip.index in self._answered:
+            if chip.index in self._replies:
                 if chip.lost:
                     chip.lost = False
                     self._event("chip_back", chip.index, f"chip {chip.address:#04x} answers again")
@@ -816,7 +812,6 @@ class Chain:
         while True:
             if await self._boot_with_retries(raise_on_fail=False):
                 self._poll_gen = 0
-                self._answered = set()
                 self._replies.clear()
                 self._event("chain_recovered", None, f"{self.chip_count} chips after re-init")
                 return

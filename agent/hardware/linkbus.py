@@ -67,7 +67,7 @@ class LinkClient:
                     if len(self._buf) > D.EMULATOR_LINK_MAX_LINE_BYTES:
                         raise LinkError(E.EPROTO, f"emulator link {self.path}: reply too long")
             except OSError as e:
-                self.close_locked()
+                self._drop()
                 if isinstance(e, LinkError):
                     raise
                 raise LinkError(e.errno or E.EIO, f"emulator link {self.path}: {e}") from None
@@ -83,14 +83,14 @@ class LinkClient:
             raise OSError(code if isinstance(code, int) else E.EIO, str(reply["error"]))
         return reply["ok"]
 
-    def close_locked(self) -> None:
+    def _drop(self) -> None:  # with the lock held
         if self._sock is not None:
             self._sock.close()
             self._sock = None
 
     def close(self) -> None:
         with self._lock:
-            self.close_locked()
+            self._drop()
 
 
 class LinkBus:
