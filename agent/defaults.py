@@ -156,6 +156,10 @@ BM1485_RESET_ECHOES = 3
 # nonces remembered per chain to catch one sent twice (about 2 minutes of an L3+ chain; a chip
 # repeats within seconds); forgotten at every clean job
 BM1485_DUP_WINDOW = 1024
+# each chain's nonces are hashed on the C core's own threads (agent.hardware.verifier): one per
+# chain is far more than a real chain needs (31 nonces/s per board, 0.2 ms each)
+CHAIN_VERIFY_THREADS = 1
+CHAIN_VERIFY_DRAIN_S = 0.5  # at stop, nonces still being verified are waited for this long
 BM1485_SILENCE_S = 5.0  # no byte at all for this long: the chain is reset and booted again
 BM1485_REBOOT_BACKOFF_S = 5.0  # between failed re-inits of a silent chain
 BM1485_LIVE_WORKS = 16  # non-clean work keeps this many older works valid
@@ -227,6 +231,7 @@ TUNER_STEP_MHZ = 12.5
 TUNER_HW_BUDGET = 0.01  # HW errors / all nonces, per chip
 TUNER_CONFIDENCE = 0.95  # one-sided, for the bound on each chip's HW-error rate
 TUNER_MIN_SAMPLES = 50  # nonces (good + bad) before any verdict on a chip
+TUNER_UNPROVEN_SAMPLES_X = 20  # x min_samples: not shown within budget by then -> step down
 TUNER_LOW_RATE_FRACTION = 0.5  # good nonces surely below this share of the model: failing
 TUNER_FAIL_STRIKES = 3  # bad verdicts at the minimum clock before a chip is clock-gated
 TUNER_CORE_FRACTION = 0.2  # a core surely below this share of the chip's mean core: gated
@@ -287,7 +292,7 @@ POOL_JOB_INTERVAL_S = 30.0  # random mode: a non-clean notify this often
 POOL_VARDIFF_TARGET_INTERVAL_S = 5.0  # vardiff aims at one share per connection this often
 POOL_NODE_POLL_S = 0.5  # node mode: how often the tip is polled (getbestblockhash)
 
-# `doge-agent run`: threads of the event loop's default executor (nonce verification, state
+# `doge-agent run`: threads of the event loop's default executor (share re-checks, state
 # writes, config reads); the L3+ controller has one core, a build machine two
 AGENT_EXECUTOR_THREADS = 2
 

@@ -108,14 +108,25 @@ def test_bad_lowers_and_sets_the_ceiling_then_settles_below_it():
     assert "failed before" in d.verdicts[0].reason and d.memory.chips[(0, 0)].settled
 
 
-def test_not_sure_holds_and_settles_after_many_samples():
+def test_not_sure_holds_then_steps_down_when_never_shown_within_budget():
     m = _start()
     d = step([chain(counters(0, 384, 495, 5))], m, now=60)  # 1 % exactly: bounds straddle
     assert (
         d.actions == () and d.verdicts[0].verdict == "unsure" and "not sure" in d.verdicts[0].reason
     )
-    d = step([chain(counters(0, 384, 9900, 100))], d.memory, now=600)
-    assert d.verdicts[0].verdict == "settled" and "too close" in d.verdicts[0].reason
+    # 1,000 nonces and still not shown within 1 %: the chip is at its edge, it steps down and
+    # that clock becomes its ceiling (a chip is kept only where it is shown within the budget)
+    d = step([chain(counters(0, 384, 990, 10))], d.memory, now=120)
+    a = first(d)
+    assert a.value == 371.5 and "not shown within the 1.00% budget after 1000" in a.reason
+    assert d.verdicts[0].verdict == "bad" and d.memory.chips[(0, 0)].ceiling_mhz == 384
+
+
+def test_a_chip_well_within_budget_after_many_samples_is_not_stepped_down():
+    o = TunerOptions(tune_voltage=False, max_mhz=384)
+    d = step([chain(counters(0, 384, 0, 0))], options=o)
+    d = step([chain(counters(0, 384, 99_700, 300))], d.memory, now=600, options=o)  # 0.3 %
+    assert d.actions == () and d.verdicts[0].verdict == "settled"
 
 
 def test_max_clock_settles():
