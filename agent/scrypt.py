@@ -8,6 +8,9 @@ scan(header80, start, count, target)
                             one header, lanes interleaved; returns [(nonce, raw_hash)] whose hash,
                             read little-endian, is <= target
 backends(), backend()       the SIMD paths this CPU can run, and the one in use
+Verifier(threads=1)         pow_hash on the core's own threads, which never take the GIL:
+                            submit(header80, tag), take() -> [(tag, raw_hash)], fileno() readable
+                            while results wait, pending(), close() (agent.hardware.verifier)
 
 DOGE_AGENT_SCRYPT_BACKEND=<name> picks a backend at import (tests use it); set_backend() at run
 time. Every call releases the GIL while hashing, so threads scale across cores.
@@ -24,6 +27,8 @@ HEADER_BYTES = 80
 HASH_BYTES = 32
 MAX_SCAN_COUNT = _scrypt.MAX_SCAN_COUNT
 MAX_TARGET = (1 << 256) - 1
+Verifier = _scrypt.Verifier
+VERIFIER_MAX_THREADS = _scrypt.VERIFIER_MAX_THREADS
 BACKEND_ENV = "DOGE_AGENT_SCRYPT_BACKEND"
 
 

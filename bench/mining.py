@@ -50,6 +50,7 @@ from agent.emulator.server import EmulatorProcess
 from agent.hardware import bm1485 as bm
 from agent.hardware.chain import Chain, ChipStats
 from agent.hardware.cpu import Nonce, Work
+from agent.hardware.verifier import NonceVerifier
 from agent.mining.shares import SharePath
 from agent.mining.work import WorkSource
 from agent.sdnotify import Notifier
@@ -181,15 +182,13 @@ def ingest(seconds: float = 3.0, nonces: int = 20_000) -> dict[str, Any]:
         "ingest_x_real_rate": round(ingest_per_s / REAL_NONCES_PER_S, 1),
         "ingest_x_100x_rate": round(ingest_per_s / (100 * REAL_NONCES_PER_S), 2),
         "note": "decode: StreamDecoder.feed in 4096-byte reads; ingest: Chain._after_decode + "
-                "_verify_loop (pow_hash of every nonce on a 1-thread executor) to on_nonce",
+                "its NonceVerifier (pow_hash of every nonce on one C thread) to on_nonce",
     }  # fmt: skip
 
 
 async def _chain_ingest(chunks: list[bytes], n: int, chips: int, interval: int
                         ) -> tuple[float, int]:  # fmt: skip
     loop = asyncio.get_running_loop()
-    executor = concurrent.futures.ThreadPoolExecutor(1)  # created pinned: the same single CPU
-    loop.set_default_executor(executor)
     got = [0]
     done = asyncio.Event()
 
@@ -206,7 +205,8 @@ async def _chain_ingest(chunks: list[bytes], n: int, chips: int, interval: int
     for slot in range(4):
         chain._slots[slot] = Work(slot, header[:75] + bytes([slot]), (1 << 256) - 1)
         chain._live.append(slot)
-    verifier = asyncio.create_task(chain._verify_loop())
+    # its hashing thread is created here, pinned: the same single CPU
+    chain._verifier = NonceVerifier(loop, chain._verified)
     t0 = time.perf_counter()
     for c in chunks:
         before = chain.decoder.crc_errors
@@ -214,10 +214,7 @@ async def _chain_ingest(chunks: list[bytes], n: int, chips: int, interval: int
         await asyncio.sleep(0)
     await asyncio.wait_for(done.wait(), WAIT_S)
     wall = time.perf_counter() - t0
-    verifier.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await verifier
-    executor.shutdown()
+    chain._verifier.close()
     return got[0] / wall, got[0]
 
 

@@ -3,11 +3,13 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "scrypt_core.h"
 #include "sha256.h"
+#include "verify_queue.h"
 
 #define MAX_SCAN_COUNT (1ULL << 32) /* the whole nonce space */
 #define MAX_SCRYPT_MEM (1ULL << 32) /* bytes of V that general scrypt may allocate */
@@ -249,6 +251,170 @@ static PyObject *py_set_sha256(PyObject *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* ---------------------------------------------------------------- Verifier */
+
+typedef struct {
+    PyObject_HEAD
+    verify_queue *q;
+} VerifierObject;
+
+static int verifier_init(VerifierObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"threads", NULL};
+    int threads = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|i:Verifier", kwlist, &threads))
+        return -1;
+    if (threads < 1 || threads > (int)VQ_MAX_THREADS) {
+        PyErr_Format(PyExc_ValueError, "threads must be in 1..%u, got %d", VQ_MAX_THREADS,
+                     threads);
+        return -1;
+    }
+    if (self->q != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Verifier already initialised");
+        return -1;
+    }
+    self->q = vq_open((unsigned)threads);
+    if (self->q == NULL) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    return 0;
+}
+
+static void verifier_shut(VerifierObject *self)
+{
+    verify_queue *q = self->q;
+    self->q = NULL;
+    if (q == NULL)
+        return;
+    Py_BEGIN_ALLOW_THREADS /* a thread may be finishing a hash */
+    vq_close(q);
+    Py_END_ALLOW_THREADS
+}
+
+static void verifier_dealloc(VerifierObject *self)
+{
+    verifier_shut(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int verifier_open(VerifierObject *self)
+{
+    if (self->q == NULL) {
+        PyErr_SetString(PyExc_ValueError, "the verifier is closed");
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *verifier_submit(VerifierObject *self, PyObject *args)
+{
+    PyObject *hobj, *tobj;
+    if (!PyArg_ParseTuple(args, "OO:submit", &hobj, &tobj) || !verifier_open(self))
+        return NULL;
+    if (!PyLong_Check(tobj))
+        return PyErr_Format(PyExc_TypeError, "tag must be an int, not %.100s",
+                            Py_TYPE(tobj)->tp_name);
+    unsigned long long tag = PyLong_AsUnsignedLongLong(tobj);
+    if (tag == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Format(PyExc_OverflowError, "tag must be in 0..2**64-1, got %R", tobj);
+        return NULL;
+    }
+    Py_buffer hv;
+    if (get_header(hobj, &hv) < 0)
+        return NULL;
+    uint8_t hdr[80];
+    memcpy(hdr, hv.buf, 80);
+    PyBuffer_Release(&hv);
+    if (vq_submit(self->q, (uint64_t)tag, hdr, active->romix_one) < 0) {
+        if (errno == ENOBUFS)
+            return PyErr_Format(PyExc_OverflowError,
+                                "verifier queue full: %u headers waiting to be hashed",
+                                VQ_MAX_PENDING);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *verifier_take(VerifierObject *self, PyObject *noargs)
+{
+    (void)noargs;
+    if (!verifier_open(self))
+        return NULL;
+    vq_result *res;
+    size_t n = vq_take(self->q, &res);
+    PyObject *list = PyList_New((Py_ssize_t)n);
+    for (size_t i = 0; list != NULL && i < n; i++) {
+        PyObject *item = Py_BuildValue("(Ky#)", (unsigned long long)res[i].tag,
+                                       (const char *)res[i].hash, (Py_ssize_t)32);
+        if (item == NULL) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, item);
+    }
+    free(res);
+    return list;
+}
+
+static PyObject *verifier_fileno(VerifierObject *self, PyObject *noargs)
+{
+    (void)noargs;
+    if (!verifier_open(self))
+        return NULL;
+    return PyLong_FromLong(vq_fd(self->q));
+}
+
+static PyObject *verifier_pending(VerifierObject *self, PyObject *noargs)
+{
+    (void)noargs;
+    if (self->q == NULL)
+        return PyLong_FromLong(0);
+    return PyLong_FromSize_t(vq_pending(self->q));
+}
+
+static PyObject *verifier_close(VerifierObject *self, PyObject *noargs)
+{
+    (void)noargs;
+    verifier_shut(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *verifier_closed(VerifierObject *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(self->q == NULL);
+}
+
+static PyMethodDef verifier_methods[] = {
+    {"submit", (PyCFunction)verifier_submit, METH_VARARGS,
+     "submit(header80, tag): queue one header for pow_hash on the verifier's threads"},
+    {"take", (PyCFunction)verifier_take, METH_NOARGS,
+     "take() -> [(tag, raw_hash)]: every finished hash, oldest first per thread"},
+    {"fileno", (PyCFunction)verifier_fileno, METH_NOARGS,
+     "fd that is readable while finished hashes wait for take()"},
+    {"pending", (PyCFunction)verifier_pending, METH_NOARGS,
+     "headers submitted and not yet taken"},
+    {"close", (PyCFunction)verifier_close, METH_NOARGS,
+     "stop the threads (queued headers are dropped); idempotent"},
+    {NULL, NULL, 0, NULL}};
+
+static PyGetSetDef verifier_getset[] = {
+    {"closed", (getter)verifier_closed, NULL, "True after close()", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+static PyTypeObject VerifierType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "agent._scrypt.Verifier",
+    .tp_basicsize = sizeof(VerifierObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Verifier(threads=1): pow_hash on the core's own threads, no GIL taken by them",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)verifier_init,
+    .tp_dealloc = (destructor)verifier_dealloc,
+    .tp_methods = verifier_methods,
+    .tp_getset = verifier_getset,
+};
+
 static PyMethodDef methods[] = {
     {"pow_hash", py_pow_hash, METH_O, "scrypt(N=1024,r=1,p=1,32) of an 80-byte header: raw bytes"},
     {"scrypt", py_scrypt, METH_VARARGS, "scrypt(password, salt, n, r, p, dklen) per RFC 7914"},
@@ -278,6 +444,17 @@ PyMODINIT_FUNC PyInit__scrypt(void)
     if (m == NULL)
         return NULL;
     if (PyModule_AddObject(m, "MAX_SCAN_COUNT", PyLong_FromUnsignedLongLong(MAX_SCAN_COUNT)) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyType_Ready(&VerifierType) < 0 || PyModule_AddIntConstant(m, "VERIFIER_MAX_THREADS",
+                                                                   VQ_MAX_THREADS) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&VerifierType);
+    if (PyModule_AddObject(m, "Verifier", (PyObject *)&VerifierType) < 0) {
+        Py_DECREF(&VerifierType);
         Py_DECREF(m);
         return NULL;
     }

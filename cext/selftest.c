@@ -4,11 +4,11 @@
  *   ./selftest [--backend NAME] [--slow] [--list]
  *
  * Per backend, with SHA-256 both at its best and forced portable, it checks the RFC 7914
- * vectors (general scrypt), every header vector through pow_hash_with(romix_one), and
- * scan_nonces(): around each header's own nonce with the maximum target, a count that is not a
- * multiple of the lanes, a start that wraps past 0xffffffff, and tight targets that must return
- * exactly the nonces whose hash meets them. Exit status: 0 all OK, 1 a mismatch, 2 bad usage
- * or a requested backend this CPU cannot run.
+ * vectors (general scrypt), every header vector through pow_hash_with(romix_one) and through
+ * the verification queue's threads, and scan_nonces(): around each header's own nonce with the
+ * maximum target, a count that is not a multiple of the lanes, a start that wraps past
+ * 0xffffffff, and tight targets that must return exactly the nonces whose hash meets them.
+ * Exit status: 0 all OK, 1 a mismatch, 2 bad usage or a requested backend this CPU cannot run.
  *
  * The vectors are public (shared/vectors/scrypt-pow.json); they are copied here so the program
  * needs nothing at run time, which matters when it runs under qemu on a bare sysroot. */
@@ -20,8 +20,11 @@
 #include <string.h>
 #include <time.h>
 
+#include <poll.h>
+
 #include "scrypt_core.h"
 #include "sha256.h"
+#include "verify_queue.h"
 
 typedef struct {
     const char *password, *salt;
@@ -234,6 +237,54 @@ static int check_pow(const scrypt_backend *b, const char *sha, size_t i)
     return 1;
 }
 
+/* Every header vector through the verification queue's own threads (2 of them), results taken
+ * when its pipe says so: what the agent does with each chip nonce. */
+static int check_verify_queue(const scrypt_backend *b, const char *sha)
+{
+    verify_queue *q = vq_open(2);
+    if (q == NULL) {
+        fail(b->name, sha, "verify queue", "vq_open failed");
+        return 0;
+    }
+    uint8_t want[N_HEADERS][32];
+    int ok = 1;
+    for (size_t i = 0; i < N_HEADERS; i++) {
+        uint8_t hdr[80];
+        header_of(i, hdr, want[i]);
+        if (vq_submit(q, 1000 + i, hdr, b->romix_one) != 0) {
+            fail(b->name, sha, "verify queue", "vq_submit refused a header");
+            ok = 0;
+        }
+    }
+    size_t seen = 0;
+    while (ok && seen < N_HEADERS) {
+        struct pollfd pfd = {.fd = vq_fd(q), .events = POLLIN};
+        if (poll(&pfd, 1, 30000) != 1) {
+            fail(b->name, sha, "verify queue", "no result within 30 s");
+            ok = 0;
+            break;
+        }
+        vq_result *res;
+        size_t n = vq_take(q, &res);
+        for (size_t k = 0; k < n; k++) {
+            size_t i = (size_t)(res[k].tag - 1000);
+            if (i >= N_HEADERS || memcmp(res[k].hash, want[i], 32) != 0) {
+                fail_hash(b->name, sha, "verify queue result", res[k].hash,
+                          want[i < N_HEADERS ? i : 0], 32);
+                ok = 0;
+            }
+        }
+        seen += n;
+        free(res);
+    }
+    if (ok && (seen != N_HEADERS || vq_pending(q) != 0)) {
+        fail(b->name, sha, "verify queue", "a header came back twice or not at all");
+        ok = 0;
+    }
+    vq_close(q);
+    return ok;
+}
+
 /* Scans [start, start+count) with `target` and compares the hits, in order, with the nonces
  * whose reference hash meets it. `own`/`own_hash` (when own_hash != NULL) also pins the hash at
  * one nonce to a published vector. */
@@ -382,6 +433,7 @@ static int run_backend(const scrypt_backend *b)
         for (size_t i = 0; i < N_HEADERS; i++)
             ok += check_pow(b, sha, i);
         ok += check_scans(b, sha);
+        ok += check_verify_queue(b, sha);
     }
     sha256_dispatch(0);
     const int bad = failures - before;

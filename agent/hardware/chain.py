@@ -3,15 +3,16 @@
 The serial port is opened with pyserial and read on the event loop (loop.add_reader on its fd):
 one loop, one thread. Frames come from agent.hardware.bm1485 (pure). Interface in the spirit of the
 CPU board: set_work(Work) in, on_nonce(Nonce(chain, chip, work_id, nonce, raw_hash)) out, only
-after the nonce's scrypt hash was checked (off the loop, in the default executor) against the
-ticket target; anything else is counted per chip as a HW error or stale, never reported.
+after the nonce's scrypt hash was checked against the ticket target, off the loop on the C core's
+own threads (agent.hardware.verifier); anything else is counted per chip as a HW error or stale,
+never reported.
 
 Boot follows the reference (§1.7): reset hook, count chips with retries, chain inactive,
 addressing (addrInterval = 256 / chips), PLL, MISC_CONTROL, temperature-sensor calibration through
 the sensor chips' I2C master, core clock enable, ticket mask. While mining: HASHRATE polled every
-second (a chip missing MISSED_POLLS_LOST polls in a row has dropped off: reported, and again when
-it is back), temperatures every TEMP_POLL_S, and a chain silent for SILENCE_S is reset and booted
-again. Every problem becomes a ChainEvent(chain, kind, chip, detail) through on_event.
+HASHRATE_POLL_S (a chip missing MISSED_POLLS_LOST polls in a row has dropped off: reported, and
+again when it is back), temperatures every TEMP_POLL_S, and a chain silent for SILENCE_S is reset
+and booted again. Every problem becomes a ChainEvent(chain, kind, chip, detail) through on_event.
 
 Tuning (reference §1.4, PLL_PARAMETER and CORE_CMD_IN): set_chip_frequency(chip, MHz) writes one
 chip's PLL (an addressed write), set_frequency_scale(pct) runs every chip at pct of its own tuned
@@ -40,6 +41,7 @@ from agent import defaults as D
 from agent import scrypt
 from agent.hardware import bm1485 as bm
 from agent.hardware.cpu import Nonce, Work
+from agent.hardware.verifier import NonceVerifier
 from agent.mining.targets import difficulty_to_target
 
 if TYPE_CHECKING:
@@ -169,6 +171,7 @@ class Chain:
         self.unknown_work = 0
         self.unknown_chip = 0
         self.gated_nonces = 0
+        self.unverified = 0  # dropped because the verifier's queue was full
         self.scale_pct = 100.0  # share of each chip's tuned clock it runs at (thermal throttle)
         self.last_rx = 0.0
         # work
@@ -191,8 +194,7 @@ class Chain:
         self._replies: Counter[int] = Counter()  # chip index -> HASHRATE replies this poll
         self._flush_handle: asyncio.TimerHandle | None = None
         self._work_timer: asyncio.TimerHandle | None = None
-        self._verify_q: list[tuple[ChipStats, int, int, Work]] = []
-        self._verify_ready = asyncio.Event()
+        self._verifier: NonceVerifier[tuple[ChipStats, int, int, Work]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._booting = False
 
@@ -343,12 +345,16 @@ class Chain:
         if self._tasks:
             raise RuntimeError(f"chain {self.chain} already started")
         self._loop = asyncio.get_running_loop()
+        self._verifier = NonceVerifier(self._loop, self._verified)
         self._open()
-        await self._boot_with_retries(raise_on_fail=True)
+        try:
+            await self._boot_with_retries(raise_on_fail=True)
+        except BaseException:
+            self._close()
+            raise
         self._tasks = [
             asyncio.create_task(self._poll_loop(), name=f"chain{self.chain}-poll"),
             asyncio.create_task(self._temp_loop(), name=f"chain{self.chain}-temp"),
-            asyncio.create_task(self._verify_loop(), name=f"chain{self.chain}-verify"),
         ]
 
     async def stop(self) -> None:
@@ -366,6 +372,11 @@ class Chain:
         for h in (self._flush_handle, self._work_timer):
             if h is not None:
                 h.cancel()
+        if self._verifier is not None:  # the last nonces are still reported
+            left = await self._verifier.drain(D.CHAIN_VERIFY_DRAIN_S)
+            if left:
+                log.warning("chain %d: %d nonce(s) still being verified at stop: dropped",
+                            self.chain, left)  # fmt: skip
         self._close()
 
     async def wait(self) -> None:
@@ -426,6 +437,9 @@ class Chain:
         self.last_rx = time.monotonic()
 
     def _close(self) -> None:
+        if self._verifier is not None:
+            self._verifier.close()
+            self._verifier = None
         if self._serial is None:
             return
         assert self._loop is not None
@@ -886,50 +900,43 @@ class Chain:
             self._seen_set.discard(self._seen[0])
         self._seen.append(key)
         self._seen_set.add(key)
-        self._verify_q.append((chip, r.work_id, r.nonce, work))
-        self._verify_ready.set()
+        if self._verifier is None:
+            return
+        try:
+            self._verifier.submit(work.header76 + r.nonce.to_bytes(4, "little"),
+                                  (chip, r.work_id, r.nonce, work))  # fmt: skip
+        except OverflowError as e:  # the hashing threads are far behind: say so, once a nonce
+            self.unverified += 1
+            self._event("verify_overflow", chip.index, f"nonce {r.nonce:#010x} dropped: {e}")
 
     def _stale(self, chip: ChipStats, slot: int, nonce: int) -> None:
         chip.stale += 1
         self.stale += 1
         self._event("stale", chip.index, f"nonce {nonce:#010x} of retired work id {slot}")
 
-    async def _verify_loop(self) -> None:
-        assert self._loop is not None
-        while True:
-            await self._verify_ready.wait()
-            self._verify_ready.clear()
-            batch, self._verify_q = self._verify_q, []
-            headers = [w.header76 + n.to_bytes(4, "little") for _, _, n, w in batch]
-            hashes = await self._loop.run_in_executor(None, _hash_all, headers)
-            for (chip, slot, nonce, work), h in zip(batch, hashes, strict=True):
-                if not scrypt.hash_meets(h, self.ticket_target):
-                    if chip.disabled:  # gated while it was being verified
-                        chip.gated_nonces += 1
-                        self.gated_nonces += 1
-                        continue
-                    self._hw(
-                        chip,
-                        "hw_error",
-                        f"nonce {nonce:#010x} work id {slot} does not meet the ticket target",
-                    )
-                    continue
-                if slot not in self._live or self._slots.get(slot) is not work:
-                    self._stale(chip, slot, nonce)  # retired while it was being verified
-                    continue
-                core = nonce >> 28
-                chip.nonces += 1
-                chip.cores[core] = chip.cores.get(core, 0) + 1
-                self.nonces += 1
-                if self._on_nonce is not None:
-                    try:
-                        self._on_nonce(Nonce(self.chain, chip.index, work.work_id, nonce, h))
-                    except Exception:
-                        log.exception("on_nonce failed")
-
-
-def _hash_all(headers: list[bytes]) -> list[bytes]:
-    return [scrypt.pow_hash(h) for h in headers]
+    def _verified(self, item: tuple[ChipStats, int, int, Work], h: bytes) -> None:
+        """A nonce's scrypt hash, back from the verifier's thread, on the loop."""
+        chip, slot, nonce, work = item
+        if not scrypt.hash_meets(h, self.ticket_target):
+            if chip.disabled:  # gated while it was being verified
+                chip.gated_nonces += 1
+                self.gated_nonces += 1
+                return
+            why = f"nonce {nonce:#010x} work id {slot} does not meet the ticket target"
+            self._hw(chip, "hw_error", why)
+            return
+        if slot not in self._live or self._slots.get(slot) is not work:
+            self._stale(chip, slot, nonce)  # retired while it was being verified
+            return
+        core = nonce >> 28
+        chip.nonces += 1
+        chip.cores[core] = chip.cores.get(core, 0) + 1
+        self.nonces += 1
+        if self._on_nonce is not None:
+            try:
+                self._on_nonce(Nonce(self.chain, chip.index, work.work_id, nonce, h))
+            except Exception:
+                log.exception("on_nonce failed")
 
 
 class ChainTuning:

@@ -1,0 +1,165 @@
+"""The nonce verifier: headers hashed on the C core's own threads, results back on the event loop.
+
+Every chip nonce goes through it (agent.hardware.chain), so it must return exactly pow_hash of
+each header, each result once and with its own context, under load and at close; bad input gets
+an error naming what was wrong."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent import scrypt
+from agent.hardware.verifier import NonceVerifier
+
+HEADER = bytes(range(80))
+
+
+def _collect(v: scrypt.Verifier, n: int, timeout_s: float = 20.0) -> list[tuple[int, bytes]]:
+    out: list[tuple[int, bytes]] = []
+    while len(out) < n:
+        ready, _, _ = select.select([v.fileno()], [], [], timeout_s)
+        assert ready, f"only {len(out)} of {n} results within {timeout_s} s"
+        out += v.take()
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.binary(min_size=80, max_size=80), min_size=1, max_size=12),
+       st.integers(1, 3))  # fmt: skip
+def test_every_header_comes_back_once_with_its_pow_hash(headers: list[bytes], threads: int) -> None:
+    v = scrypt.Verifier(threads)
+    try:
+        for tag, h in enumerate(headers):
+            v.submit(h, tag)
+        got = _collect(v, len(headers))
+        assert sorted(t for t, _ in got) == list(range(len(headers)))
+        assert {t: raw for t, raw in got} == {t: scrypt.pow_hash(h) for t, h in enumerate(headers)}
+        assert v.pending() == 0 and v.take() == []
+    finally:
+        v.close()
+
+
+def test_every_backend_gives_the_same_hash() -> None:
+    want = scrypt.pow_hash(HEADER)
+    before = scrypt.backend()
+    try:
+        for name in scrypt.backends():
+            scrypt.set_backend(name)  # the kernel is chosen when the header is submitted
+            v = scrypt.Verifier()
+            v.submit(HEADER, 7)
+            assert _collect(v, 1) == [(7, want)], name
+            v.close()
+    finally:
+        scrypt.set_backend(before)
+
+
+@pytest.mark.parametrize(
+    ("args", "exc", "words"),
+    [
+        ((b"\0" * 79, 1), ValueError, "header must be 80 bytes, got 79"),
+        (("x" * 80, 1), TypeError, "header must be a bytes-like object, not str"),
+        ((HEADER, -1), OverflowError, "tag must be in 0..2**64-1, got -1"),
+        ((HEADER, 2**64), OverflowError, "tag must be in 0..2**64-1"),
+        ((HEADER, 1.0), TypeError, "tag must be an int, not float"),
+    ],
+)
+def test_bad_submissions_are_named_and_queue_nothing(args: tuple, exc: type, words: str) -> None:
+    v = scrypt.Verifier()
+    try:
+        with pytest.raises(exc, match=words.replace("*", r"\*").replace(".", r"\.")):
+            v.submit(*args)
+        assert v.pending() == 0
+    finally:
+        v.close()
+
+
+@pytest.mark.parametrize("threads", [0, -1, scrypt.VERIFIER_MAX_THREADS + 1])
+def test_thread_count_out_of_range_is_refused(threads: int) -> None:
+    with pytest.raises(ValueError, match=f"threads must be in 1..16, got {threads}"):
+        scrypt.Verifier(threads)
+
+
+def test_a_closed_verifier_says_so_and_close_is_idempotent() -> None:
+    v = scrypt.Verifier(2)
+    fd = v.fileno()
+    v.close()
+    v.close()
+    assert v.closed and v.pending() == 0
+    with pytest.raises(ValueError, match="the verifier is closed"):
+        v.submit(HEADER, 1)
+    with pytest.raises(ValueError, match="the verifier is closed"):
+        v.take()
+    with pytest.raises(OSError):
+        os.fstat(fd)  # its pipe is closed with it: no descriptor leaks per chain restart
+
+
+def test_a_full_queue_refuses_with_a_clear_error_and_close_drops_the_backlog() -> None:
+    v = scrypt.Verifier(1)
+    accepted = 0
+    with pytest.raises(OverflowError, match="verifier queue full: 65536 headers waiting"):
+        for tag in range(70_000):
+            v.submit(HEADER, tag)
+            accepted += 1
+    assert 65_536 - 8 <= accepted <= 65_536  # a few may have been hashed meanwhile
+    v.close()  # joins the thread after the hash in progress, not after the whole backlog
+
+
+def test_results_arrive_on_the_loop_and_drain_waits_for_them() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        got: list[tuple[str, bytes]] = []
+        v: NonceVerifier[str] = NonceVerifier(loop, lambda ctx, raw: got.append((ctx, raw)))
+        headers = {f"n{i}": bytes([i]) * 80 for i in range(20)}
+        for ctx, h in headers.items():
+            v.submit(h, ctx)
+        assert v.pending == 20
+        assert await v.drain(20.0) == 0
+        assert sorted(got) == sorted((c, scrypt.pow_hash(h)) for c, h in headers.items())
+        assert v.pending == 0
+        v.close()
+        v.close()
+
+    asyncio.run(main())
+
+
+def test_a_failing_handler_loses_none_of_the_other_results(caplog: pytest.LogCaptureFixture
+                                                          ) -> None:  # fmt: skip
+    async def main() -> list[int]:
+        loop = asyncio.get_running_loop()
+        got: list[int] = []
+
+        def on_result(ctx: int, _raw: bytes) -> None:
+            if ctx == 3:
+                raise RuntimeError("handler bug")
+            got.append(ctx)
+
+        v: NonceVerifier[int] = NonceVerifier(loop, on_result, threads=2)
+        for i in range(8):
+            v.submit(HEADER, i)
+        assert await v.drain(20.0) == 0
+        v.close()
+        return got
+
+    got = asyncio.run(main())
+    assert sorted(got) == [0, 1, 2, 4, 5, 6, 7]
+    assert "handling the result for 3 failed" in caplog.text
+
+
+def test_drain_times_out_and_reports_what_is_left() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        v: NonceVerifier[int] = NonceVerifier(loop, lambda *_: None)
+        for i in range(2000):  # ~0.2 ms each on one thread: far longer than the timeout
+            v.submit(HEADER, i)
+        left = await v.drain(0.01)
+        assert 0 < left <= 2000 and v.pending == left
+        v.close()
+        assert v.pending == 0
+
+    asyncio.run(main())
