@@ -260,8 +260,9 @@ class PoolThread:
 class PoolProcess:
     """The two local pools in bench/pool_proc.py, a process of their own: a pool on a thread of
     this process would share the GIL with the agent under test (a real pool is another machine).
-    Each notify's send time comes back on the child's stdout (perf_counter is CLOCK_MONOTONIC,
-    one clock for every process)."""
+    Each notify's send time comes back on the child's stdout when asked for ("stamps", after
+    the runs), not as it is sent (perf_counter is CLOCK_MONOTONIC, one clock for every
+    process)."""
 
     def __init__(self, difficulty: float) -> None:
         self.difficulty = difficulty
@@ -291,18 +292,24 @@ class PoolProcess:
         assert self.proc is not None and self.proc.stdout is not None
         for line in self.proc.stdout:
             msg = json.loads(line)
-            if "sent" in msg:
-                port, job_id, t = msg["sent"]
-                self.sent[(port, job_id)] = t
+            if "sent_all" in msg:
+                for port, job_id, t in msg["sent_all"]:
+                    self.sent[(port, job_id)] = t
             elif "id" in msg:
                 with self._lock:
                     done = self._done.pop(msg["id"], None)
                 if done is not None:
                     done.set()
 
-    async def command(self, cmd: str, i: int = 0) -> None:
+    async def command(self, cmd: str, i: int = 0, ack: bool = True) -> None:
+        """Run `cmd` in the pool process; with ack=False, only send it (a notify: nothing in
+        this process may wake as it reaches the agent)."""
         assert self.proc is not None and self.proc.stdin is not None
         n = next(self._ids)
+        if not ack:
+            self.proc.stdin.write(json.dumps({"cmd": cmd, "i": i, "id": n, "ack": False}) + "\n")
+            self.proc.stdin.flush()
+            return
         done = threading.Event()
         with self._lock:
             self._done[n] = done
@@ -430,7 +437,7 @@ async def _notifies(pools: PoolProcess, seconds: float, interval_s: float) -> in
     end = loop.time() + seconds
     n = 0
     while loop.time() < end:
-        await pools.command("new_block" if n % CLEAN_EVERY == 0 else "publish", 0)
+        await pools.command("new_block" if n % CLEAN_EVERY == 0 else "publish", 0, ack=False)
         n += 1
         await asyncio.sleep(interval_s * (0.8 + 0.4 * (n * 0.618 % 1)))  # no aliasing with ticks
     return n
@@ -484,7 +491,7 @@ async def _in_process(quick: bool) -> dict[str, Any]:
         service = MiningService(conf, notifier=Notifier({}),
                                 pool_options=PoolOptions(stability_s=0.5))  # fmt: skip
         probe = Probe()
-        probe.notify_sent = pools.sent  # filled by the pool process's reader thread
+        probe.notify_sent = pools.sent  # filled when the stamps are asked for, at the end
         stop = asyncio.Event()
         try:
             with probe.install(service):
@@ -520,6 +527,7 @@ async def _in_process(quick: bool) -> dict[str, Any]:
                     load.flood, web, api, idle_s, 64))
                 probe.phase = "after"
                 out["failover"] = await _failover(service, pools, probe, failovers)
+                await pools.command("stamps")  # every notify's send time, now
                 out["latency"] = {p: probe.latency(p)
                                   for p in ("idle", "http_load", "cgminer_load", "flood")}
                 out["surfaces"] = {"status_api": http_rps[0], "cgminer_4028": api_rps[0],
@@ -758,7 +766,7 @@ def run(quick: bool = False, log: Callable[[str], None] = print) -> dict[str, An
     log("mining: in-process latency, surfaces, flood, failover")
     inp = in_process(quick)
     log("mining: agent subprocess at the real nonce rate")
-    real = agent_process(1.0, 1.0 if quick else 5.0, 3.0 if quick else 30.0)
+    real = agent_process(1.0, 1.0 if quick else 5.0, 3.0 if quick else 60.0)
     log("mining: agent subprocess at 100x the nonce rate")
     fast = agent_process(100.0, 1.0 if quick else 5.0, 3.0 if quick else 20.0)
 

@@ -4,10 +4,14 @@ A pool on a thread of the bench's process shares the GIL with the agent under te
 woken by the notify the pool just wrote, waits for the pool thread's next switch interval.
 A real pool is another machine, so the latency bench runs its pools here.
 
-Protocol, one JSON object per line. In: {"cmd": "new_block" | "publish" | "stop" | "restart",
-"i": pool index, "id": request id}. Out: {"ready": [ports]} once, {"id": n, "ok": true} per
-request, and {"sent": [port, job_id, t]} for every mining.notify written (t: time.perf_counter,
-CLOCK_MONOTONIC on Linux, the same clock in every process)."""
+Protocol, one JSON object per line. In: {"cmd": "new_block" | "publish" | "stop" | "restart" |
+"stamps", "i": pool index, "id": request id, "ack": false to get no answer}. Out: {"ready":
+[ports]} once, {"id": n, "ok": true} per request (unless "ack" is false), and for "stamps"
+{"sent_all": [[port, job_id, t], ...]} before its answer: the time every mining.notify was
+written since the last "stamps" (t: time.perf_counter, CLOCK_MONOTONIC on Linux, the same clock
+in every process). The stamps are kept here until asked for, and notifies are driven without an
+answer, because a line arriving in the bench's process as a notify reaches the agent wakes a
+thread there that takes the GIL from the agent at that very moment."""
 
 from __future__ import annotations
 
@@ -31,10 +35,11 @@ def _out(obj: dict[str, Any]) -> None:
 
 async def main(count: int, difficulty: float) -> None:
     send = pool_mod.Session.send
+    stamps: list[list[Any]] = []
 
     async def stamped(self: pool_mod.Session, obj: dict[str, Any]) -> None:
         if obj.get("method") == "mining.notify":
-            _out({"sent": [self.pool.port, str(obj["params"][0]), time.perf_counter()]})
+            stamps.append([self.pool.port, str(obj["params"][0]), time.perf_counter()])
         await send(self, obj)
 
     pool_mod.Session.send = stamped  # type: ignore[method-assign]
@@ -60,7 +65,11 @@ async def main(count: int, difficulty: float) -> None:
         elif req["cmd"] == "restart":
             pools[req["i"]] = StratumPool(port=ports[req["i"]], policy=FixedDifficulty(difficulty))
             await pools[req["i"]].start()
-        _out({"id": req["id"], "ok": True})
+        elif req["cmd"] == "stamps":
+            _out({"sent_all": stamps})
+            stamps = []
+        if req.get("ack", True):
+            _out({"id": req["id"], "ok": True})
     for p in pools:
         await p.stop()
 

@@ -173,9 +173,11 @@ int vq_submit(verify_queue *q, uint64_t tag, const uint8_t header[80], romix_fn 
         it->one = one;
         memcpy(it->header, header, 80);
         q->count++;
-        pthread_cond_signal(&q->work);
     }
     pthread_mutex_unlock(&q->mu);
+    /* after the unlock: a thread woken while the mutex is held would block on it at once */
+    if (err == 0)
+        pthread_cond_signal(&q->work);
     if (err != 0) {
         errno = err;
         return -1;

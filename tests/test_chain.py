@@ -307,6 +307,31 @@ def test_work_timeout_asks_for_new_work() -> None:
     run(main())
 
 
+def test_work_sent_in_time_is_never_called_used_up() -> None:
+    """Each new work restarts the work timeout (one timer, re-armed for what is left): work that
+    keeps coming is never reported used up; the last one is, once its own timeout has run."""
+
+    async def main() -> None:
+        rig = Rig()
+        timeout_s = 1.0
+        rig.chain.timing = ChainTiming(**{**FAST.__dict__, "work_timeout_s": timeout_s})
+        async with rig:
+            loop = asyncio.get_running_loop()
+            t_last = loop.time()
+            gaps = []
+            for _ in range(8):  # 1.6 s of work in all, each 0.2 s after the last
+                last = rig.work()
+                gaps.append(loop.time() - t_last)
+                t_last = loop.time()
+                await asyncio.sleep(0.2)  # the pace of the pool's notifies, the thing tested
+            # (a machine so loaded that one gap reached the timeout is not a verdict)
+            assert rig.exhausted == [] or max(gaps[1:]) >= timeout_s
+            await rig.until(lambda: last in rig.exhausted, what="on_exhausted")
+            assert loop.time() - t_last >= timeout_s
+
+    run(main())
+
+
 def test_no_chips_is_a_clear_error() -> None:
     async def main() -> None:
         emu = EmulatedChain(4).start()

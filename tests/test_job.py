@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from agent import scrypt
+from agent import _scrypt, scrypt
 from agent.mining import job as J
 from agent.mining.targets import difficulty_to_target, nbits_to_target
 from agent.stratum.protocol import Notify
@@ -116,6 +118,41 @@ def test_merkle_branch_matches_full_tree():
                 level.append(level[-1])
             level = [J.sha256d(level[i] + level[i + 1]) for i in range(0, len(level), 2)]
         assert J.merkle_root_of(txids) == level[0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    coinb1=st.binary(max_size=120),
+    coinb2=st.binary(max_size=120),
+    extranonce1=st.binary(max_size=8),
+    extranonce2=st.binary(min_size=1, max_size=8),
+    branch=st.lists(st.binary(min_size=32, max_size=32), max_size=14),
+)
+def test_the_jobs_merkle_root_in_c_is_the_reference_fold(
+    coinb1: bytes, coinb2: bytes, extranonce1: bytes, extranonce2: bytes, branch: list[bytes]
+) -> None:
+    """Job.merkle_root (the C core's fold, used for every work at each notify) is exactly the
+    Python reference: sha256d(coinbase) up the branch with sha256d."""
+    job = J.Job("p", _notify(coinb1=coinb1, coinb2=coinb2, merkle_branch=tuple(branch)), 1,
+                extranonce1, len(extranonce2))  # fmt: skip
+    cb = coinb1 + extranonce1 + extranonce2 + coinb2
+    want = J.merkle_root(J.sha256d(cb), branch)
+    assert job.merkle_root(extranonce2) == want
+    assert job.header76(extranonce2)[36:68] == want
+
+
+def test_the_c_merkle_fold_refuses_a_ragged_branch():
+    with pytest.raises(ValueError, match="merkle branch must be a multiple of 32 bytes, got 33"):
+        _scrypt.merkle_root(b"cb", bytes(33))
+    with pytest.raises(TypeError):
+        _scrypt.merkle_root("cb", b"")
+
+
+def test_a_bad_branch_hash_is_named_when_the_job_is_made():
+    with pytest.raises(ValueError, match=r"notify\.merkle_branch\[1\] must be 32 bytes, got 31"):
+        J.Job("p", _notify(merkle_branch=(bytes(32), bytes(31))), 1, b"", 4)
+    with pytest.raises(TypeError, match=r"notify\.coinb1 must be bytes"):
+        J.Job("p", _notify(coinb1="01"), 1, b"", 4)
 
 
 def test_version_with_top_bit_and_ntime_override():

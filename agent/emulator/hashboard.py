@@ -65,6 +65,12 @@ DEFAULT_SENSOR_POSITIONS = (4, 67)  # chips 0x0C and 0xC9 once addressed 3 apart
 DEFAULT_TEMP_C = 45.0
 DIODE_BIAS_C = 40.0  # raw diode reading above die temperature; the stock offset 0xD8 cancels it
 TICK_S = 0.01
+# The chips answer at 115200 baud, 8N1 (reference §1.2): 11,520 bytes a second leave the chain,
+# so 72 replies to a HASHRATE poll take 44 ms on the line, not one write. The emulator paces its
+# output to that rate (x rate_scale: accelerated chips have an accelerated line). LINE_BURST_BYTES
+# is what may go out at once after a quiet line (a UART FIFO's worth).
+LINE_BAUD = 115200
+LINE_BURST_BYTES = 32
 CHUNK = 16  # nonces hashed per scan call: small, so work spreads evenly over chips and cores
 LINE_SETTLE_S = 0.05  # a reset-line write takes microseconds; longer unreadable is a broken file
 MAX_HASH_RATE_HS = 5000.0  # per chain: a 4-chain board stays under one core even when sped up
@@ -201,9 +207,11 @@ class EmulatedChain:
         stability: StabilityModel | None = None,
         stable_mhz: Sequence[float] | None = None,
         voltage_v: float = V_NOMINAL,
+        line_baud: int | None = LINE_BAUD,
     ) -> None:
         """stability: per-chip stable clocks drawn from it (seeded by `seed` and the chain
-        number), or given one per chip in stable_mhz; neither: every chip is stable."""
+        number), or given one per chip in stable_mhz; neither: every chip is stable.
+        line_baud: the output is paced to it (x rate_scale); None: written as fast as read."""
         if not 1 <= chips <= 256:
             raise ValueError(f"chips must be in 1..256, got {chips}")
         self.chain = chain
@@ -211,6 +219,7 @@ class EmulatedChain:
         self.temps = temps
         self.rate_scale = rate_scale
         self.max_hash_rate_hs = max_hash_rate_hs
+        self._line_bps = None if line_baud is None else line_baud / 10 * max(1.0, rate_scale)
         self.stats = EmulatorStats()
         self._rng = random.Random(seed)
         self._lock = threading.RLock()
@@ -514,12 +523,24 @@ class EmulatedChain:
     def _main(self) -> None:
         last = time.monotonic()
         rx = bytearray()  # received, not yet handed to the chips (the line is being written)
+        credit = float(LINE_BURST_BYTES)  # bytes the line may carry now (paced output)
+        line_t = last
         while not self._stop.is_set():
-            want_w = [self.master] if self._outbuf else []
+            timeout = TICK_S
+            want_w: list[int] = []
+            if self._outbuf:
+                if self._line_bps is None or credit >= min(len(self._outbuf), 7):
+                    want_w = [self.master]
+                else:  # wake when the line has room for the next frame
+                    timeout = min(TICK_S, (min(len(self._outbuf), 7) - credit) / self._line_bps)
             try:
-                r, _w, _ = select.select([self.master, self._wake_r], want_w, [], TICK_S)
+                r, _w, _ = select.select([self.master, self._wake_r], want_w, [], timeout)
             except (OSError, ValueError):
                 return
+            if self._line_bps is not None:
+                t = time.monotonic()
+                credit = min(float(LINE_BURST_BYTES), credit + (t - line_t) * self._line_bps)
+                line_t = t
             if self.master in r:
                 try:
                     rx += os.read(self.master, 4096)
@@ -539,9 +560,11 @@ class EmulatedChain:
                         self._parse()
                     rx.clear()
                 if settled and self._outbuf:
+                    room = len(self._outbuf) if self._line_bps is None else int(credit)
                     try:
-                        n = os.write(self.master, self._outbuf)
+                        n = os.write(self.master, self._outbuf[:room]) if room else 0
                         del self._outbuf[:n]
+                        credit -= n
                     except (BlockingIOError, OSError):
                         pass
             if not settled:

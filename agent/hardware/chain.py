@@ -187,6 +187,7 @@ class Chain:
         self._serial: serial.Serial | None = None
         self._fd = -1
         self._out = bytearray()
+        self._watching_writes = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: dict[tuple[int, int], list[asyncio.Future[bytes]]] = {}
         self._collect: dict[int, tuple[list[bm.RegisterResponse], int, asyncio.Event]] = {}
@@ -194,6 +195,7 @@ class Chain:
         self._replies: Counter[int] = Counter()  # chip index -> HASHRATE replies this poll
         self._flush_handle: asyncio.TimerHandle | None = None
         self._work_timer: asyncio.TimerHandle | None = None
+        self._work_deadline = 0.0  # loop time at which the current work is used up
         self._verifier: NonceVerifier[tuple[ChipStats, int, int, Work]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._booting = False
@@ -446,6 +448,7 @@ class Chain:
         with contextlib.suppress(Exception):
             self._loop.remove_reader(self._fd)
             self._loop.remove_writer(self._fd)
+        self._watching_writes = False
         with contextlib.suppress(Exception):
             self._serial.close()
         self._serial = None
@@ -468,11 +471,16 @@ class Chain:
         except OSError as e:
             self._out.clear()
             self._event("port_error", None, f"write to {self.port} failed: {e}")
+        # add/remove only on a change: remove_writer on an fd not watched costs a failed
+        # selector lookup, and every work frame and poll came through here
         if self._out:
-            self._loop.add_writer(self._fd, self._writable)
-        else:
+            if not self._watching_writes:
+                self._loop.add_writer(self._fd, self._writable)
+                self._watching_writes = True
+        elif self._watching_writes:
             with contextlib.suppress(Exception):
                 self._loop.remove_writer(self._fd)
+            self._watching_writes = False
 
     def _readable(self) -> None:
         try:
@@ -841,18 +849,28 @@ class Chain:
             await asyncio.sleep(self.timing.temp_poll_s)
 
     def _arm_work_timer(self, work: Work) -> None:
-        if self._work_timer is not None:
-            self._work_timer.cancel()
+        # New work comes at every notify: rather than cancel and create a timer each time, one
+        # timer stays armed and, when it fires before the deadline, waits for what is left.
         if self._loop is None or self._on_exhausted is None:
             return
         timeout = self.timing.work_timeout_s or work_timeout_s(
             self.frequency_mhz, self.addr_interval
         )
-        self._work_timer = self._loop.call_later(timeout, self._exhausted, work)
+        self._work_deadline = self._loop.time() + timeout
+        if self._work_timer is not None and self._work_timer.when() > self._work_deadline:
+            self._work_timer.cancel()  # the chips got faster: the work runs out sooner
+            self._work_timer = None
+        if self._work_timer is None:
+            self._work_timer = self._loop.call_at(self._work_deadline, self._work_due)
 
-    def _exhausted(self, work: Work) -> None:
+    def _work_due(self) -> None:
+        assert self._loop is not None
         self._work_timer = None
-        if self._on_exhausted is not None and work is self._current:
+        if self._loop.time() < self._work_deadline:  # newer work was sent since
+            self._work_timer = self._loop.call_at(self._work_deadline, self._work_due)
+            return
+        work = self._current
+        if self._on_exhausted is not None and work is not None:
             try:
                 self._on_exhausted(work)
             except Exception:

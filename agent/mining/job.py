@@ -15,7 +15,9 @@ import hashlib
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
+from agent import _scrypt
 from agent.mining.targets import difficulty_to_target, nbits_to_target
 from agent.stratum.protocol import Notify
 
@@ -166,33 +168,51 @@ class Job:
         for what in ("version", "nbits", "ntime"):
             _u32(getattr(self.notify, what), f"notify.{what}")
         _bytes(self.notify.prevhash, "notify.prevhash", 32)
+        _bytes(self.notify.coinb1, "notify.coinb1")
+        _bytes(self.notify.coinb2, "notify.coinb2")
+        for i, b in enumerate(self.notify.merkle_branch):
+            _bytes(b, f"notify.merkle_branch[{i}]", 32)
         difficulty_to_target(self.difficulty)  # validates the difficulty
 
-    @property
+    # cached: every nonce of the job is classified against both, and the exact (Fraction)
+    # difficulty arithmetic was a tenth of the agent's CPU at the real nonce rate
+    @cached_property
     def share_target(self) -> int:
         return difficulty_to_target(self.difficulty)
 
-    @property
+    @cached_property
     def network_target(self) -> int:
         return nbits_to_target(self.notify.nbits)
 
-    @property
+    @cached_property
     def prevhash(self) -> bytes:
         """Header-order prevhash."""
         return swap_words(self.notify.prevhash)
+
+    @cached_property
+    def _head(self) -> bytes:
+        """Header bytes 0..35 (version, prevhash): the same for every work of the job."""
+        return struct.pack("<I", self.notify.version) + self.prevhash
 
     def coinbase(self, extranonce2: bytes) -> bytes:
         _bytes(extranonce2, "extranonce2", self.extranonce2_size)
         return coinbase(self.notify.coinb1, self.extranonce1, extranonce2, self.notify.coinb2)
 
+    @cached_property
+    def _branch(self) -> bytes:
+        return b"".join(self.notify.merkle_branch)
+
     def merkle_root(self, extranonce2: bytes) -> bytes:
-        return merkle_root(sha256d(self.coinbase(extranonce2)), self.notify.merkle_branch)
+        # The work for every chain is built here at each notify, on the event loop: the fold is
+        # in the C core (the branch was checked once, in __post_init__). merkle_root() below is
+        # the reference it is tested against.
+        return _scrypt.merkle_root(self.coinbase(extranonce2), self._branch)
 
     def header76(self, extranonce2: bytes, ntime: int | None = None) -> bytes:
         """The header without its nonce; ntime defaults to the job's."""
         n = self.notify
-        t = n.ntime if ntime is None else ntime
-        return header80(n.version, self.prevhash, self.merkle_root(extranonce2), t, n.nbits, 0)[:76]
+        t = n.ntime if ntime is None else _u32(ntime, "ntime")
+        return self._head + self.merkle_root(extranonce2) + struct.pack("<II", t, n.nbits)
 
     def header80(self, extranonce2: bytes, nonce: int, ntime: int | None = None) -> bytes:
         return with_nonce(self.header76(extranonce2, ntime), nonce)
