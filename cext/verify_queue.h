@@ -15,6 +15,7 @@
 
 #define VQ_MAX_THREADS 16u
 #define VQ_MAX_PENDING 65536u /* headers waiting: about 20 s of a whole board at 100x */
+#define VQ_NICE 10            /* the hashing threads' nice value (Linux: per thread) */
 
 typedef struct {
     uint64_t tag;

@@ -163,3 +163,21 @@ def test_drain_times_out_and_reports_what_is_left() -> None:
         assert v.pending == 0
 
     asyncio.run(main())
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="per-thread nice is Linux's")
+def test_hashing_threads_run_below_the_event_loops_priority() -> None:
+    """A hash woken by a nonce must not preempt the loop (a notify may be coming in): the
+    verifier's threads are niced (10) and the calling thread is left as it was."""
+    before = set(os.listdir("/proc/self/task"))
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    v = scrypt.Verifier(2)
+    try:
+        v.submit(HEADER, 1)
+        _collect(v, 1)  # the threads have surely started
+        new = set(os.listdir("/proc/self/task")) - before
+        assert len(new) == 2
+        assert {os.getpriority(os.PRIO_PROCESS, int(t)) for t in new} == {max(mine, 10)}
+        assert os.getpriority(os.PRIO_PROCESS, 0) == mine
+    finally:
+        v.close()
