@@ -108,6 +108,32 @@ def _patched(owner: Any, name: str, make: Callable[[Any], Any]) -> Iterator[None
 # ------------------------------------------------------------------------------ ingest
 
 
+def stolen(cpus: set[int] | None = None) -> tuple[int, int]:
+    """(steal, all) jiffies so far of these CPUs (all of them: None) from /proc/stat: time the
+    hypervisor ran something else while this VM wanted the CPU. (0, 0) where there is none."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return 0, 0
+    steal = total = 0
+    for line in lines:
+        name, *fields = line.split()
+        if not name.startswith("cpu") or name == "cpu" or len(fields) < 8:
+            continue
+        if cpus is not None and int(name[3:]) not in cpus:
+            continue
+        values = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
+        steal += values[7]
+        total += sum(values)
+    return steal, total
+
+
+def steal_pct(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    """Share of the CPUs' time stolen between two stolen() readings, in %."""
+    d_total = after[1] - before[1]
+    return round(100 * (after[0] - before[0]) / d_total, 2) if d_total > 0 else None
+
+
 def _pin_one_cpu() -> tuple[set[int] | None, int | None]:
     """Pin the calling thread (and the threads it starts) to one CPU; returns what to restore."""
     try:
@@ -508,6 +534,7 @@ async def _in_process(quick: bool) -> dict[str, Any]:
                 async def phase(name: str, *load_calls: Callable[[], Any]) -> list[Any]:
                     probe.phase = name
                     acc = shares.counts["accepted"]
+                    st0 = stolen(None if split is None else split[0])
                     futs = [loop.run_in_executor(loadgen, c) for c in load_calls]
                     seconds = (idle_s if name == "idle" else phase_s) if not load_calls else 0.2
                     await _notifies(pools, seconds, interval)
@@ -515,6 +542,8 @@ async def _in_process(quick: bool) -> dict[str, Any]:
                         await _notifies(pools, interval * 4, interval)
                     results = [await f for f in futs]
                     out.setdefault("shares_accepted", {})[name] = shares.counts["accepted"] - acc
+                    out.setdefault("steal_pct_agent_cpu", {})[name] = steal_pct(
+                        st0, stolen(None if split is None else split[0]))
                     return results
 
                 await phase("idle")
@@ -714,6 +743,7 @@ def _measure_process(conf: Path, env: dict[str, str], emu: EmulatorProcess, web:
             return float(t.user + t.system)
 
         snap0 = status_snapshot(web)
+        st0 = stolen(None if split is None else split[0])
         c0, e0, w0 = cpu(agent), cpu(emulator), time.perf_counter()
         rss: list[int] = []
         emu_rss: list[int] = []
@@ -722,6 +752,7 @@ def _measure_process(conf: Path, env: dict[str, str], emu: EmulatorProcess, web:
             emu_rss.append(emulator.memory_info().rss)
             time.sleep(0.25)
         c1, e1, w1 = cpu(agent), cpu(emulator), time.perf_counter()
+        steal = steal_pct(st0, stolen(None if split is None else split[0]))
         snap1 = status_snapshot(web)
         uss = agent.memory_full_info().uss
         threads = agent.num_threads()
@@ -747,6 +778,7 @@ def _measure_process(conf: Path, env: dict[str, str], emu: EmulatorProcess, web:
         "uss_mb": round(uss / 2**20, 1),
         "threads": threads,
         "cpu_pct_agent": round(100 * (c1 - c0) / wall, 2),
+        "steal_pct_agent_cpu": steal,
         "emulator_process": {"cpu_pct": round(100 * (e1 - e0) / wall, 2),
                              "rss_mb_max": round(max(emu_rss) / 2**20, 1)},
         "exit_code": code,
@@ -816,6 +848,7 @@ def run(quick: bool = False, log: Callable[[str], None] = print) -> dict[str, An
         "latency": lat,
         "surfaces": inp["surfaces"],
         "shares_accepted_by_phase": inp["shares_accepted"],
+        "steal_pct_agent_cpu_by_phase": inp["steal_pct_agent_cpu"],
         "failover": inp["failover"],
         "process_real_rate": real,
         "process_100x_rate": fast,
@@ -832,9 +865,12 @@ def render(m: dict[str, Any]) -> str:
     for phase, lat in m["latency"].items():
         w, r, s = (lat["notify_to_work_written_4_chains"], lat["notify_to_work_ready"],
                    lat["nonce_to_submit_sent"])
+        a = lat["agent_on_job_to_written"]
         lines.append(f"{phase:13s} notify->ready p50 {r['p50_ms']} p99 {r['p99_ms']} ms; "
-                     f"->written p50 {w['p50_ms']} p99 {w['p99_ms']} ms (n={w['n']}); "
-                     f"nonce->submit p50 {s['p50_ms']} p99 {s['p99_ms']} ms (n={s['n']})")
+                     f"->written p50 {w['p50_ms']} p99 {w['p99_ms']} ms (n={w['n']}; in the "
+                     f"agent p99 {a['p99_ms']} ms); nonce->submit p50 {s['p50_ms']} p99 "
+                     f"{s['p99_ms']} ms (n={s['n']}); steal "
+                     f"{m['steal_pct_agent_cpu_by_phase'].get(phase)} %")
     s = m["surfaces"]
     lines.append(f"status API {s['status_api']['ok_per_s']} req/s, 4028 "
                  f"{s['cgminer_4028']['ok_per_s']} req/s")
@@ -842,7 +878,8 @@ def render(m: dict[str, Any]) -> str:
         p = m[key]
         e = p["emulator_process"]
         lines.append(f"{key}: {p['nonces_per_s']} nonces/s; agent RSS {p['rss_mb_max']} MB, CPU "
-                     f"{p['cpu_pct_agent']} %; emulator process CPU {e['cpu_pct']} %, RSS "
+                     f"{p['cpu_pct_agent']} % (steal {p['steal_pct_agent_cpu']} %); emulator "
+                     f"process CPU {e['cpu_pct']} %, RSS "
                      f"{e['rss_mb_max']} MB; first share {p['startup_to_first_share_s']} s")
     for t in m["targets"]:
         lines.append(f"  {t['name']}: {t['value']} {t['unit']} (target {t['target']}) "
