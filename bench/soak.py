@@ -134,7 +134,7 @@ class Soak:
     def _status(self) -> dict[str, Any]:
         return status_snapshot(self.web_port)
 
-    def _sample(self, control: EmulatorControl, t0: float) -> dict[str, Any]:
+    def _sample(self, control: EmulatorControl, t0: float, keep: bool = True) -> dict[str, Any]:
         assert self.agent is not None and self.emulator is not None
         emitted = sum(c["nonces_out"] for c in control.stats()["chains"])
         snap = self._status()
@@ -153,7 +153,8 @@ class Soak:
             "hashrate_hs": round(snap["hashrate_hs"], 1),
             **s,
         }
-        self.samples.append(row)
+        if keep:
+            self.samples.append(row)
         return row
 
     def _config(self, root: Path) -> Path:
@@ -237,15 +238,17 @@ class Soak:
             for p in range(chips):
                 control.chain(chain, "restore", p)
         # the final count: the lines and the pool settle (pending answered, every nonce the chips
-        # emitted before the status was read is counted)
+        # emitted before the status was read is counted). The chips keep mining, so the final
+        # sample is the one that was seen settled, not a later read with a new share in flight.
         deadline = time.monotonic() + SETTLE_S
-        while time.monotonic() < deadline:
-            emitted = sum(c["nonces_out"] for c in control.stats()["chains"])
-            snap = await asyncio.to_thread(self._status)
-            if snap["shares"]["pending"] == 0 and snap["nonces"] >= emitted:
+        while True:
+            final = await asyncio.to_thread(self._sample, control, t0, False)
+            if final["pending"] == 0 and final["nonces"] >= final["emitted"]:
+                break
+            if time.monotonic() >= deadline:
                 break
             await asyncio.sleep(0.2)
-        final = await asyncio.to_thread(self._sample, control, t0)
+        self.samples.append(final)
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(proc.wait, 120)
         return self._report(final, True, code)
