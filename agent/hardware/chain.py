@@ -348,11 +348,11 @@ class Chain:
             raise RuntimeError(f"chain {self.chain} already started")
         self._loop = asyncio.get_running_loop()
         self._verifier = NonceVerifier(self._loop, self._verified)
-        self._open()
         try:
+            self._open()
             await self._boot_with_retries(raise_on_fail=True)
         except BaseException:
-            self._close()
+            self._close()  # the verifier's threads and the port: a failed start keeps neither
             raise
         self._tasks = [
             asyncio.create_task(self._poll_loop(), name=f"chain{self.chain}-poll"),
