@@ -298,8 +298,9 @@ async def _run(conf: Config) -> int:
     from agent.service import MiningService
 
     loop = asyncio.get_running_loop()
-    # nonce verification (scrypt, GIL released) runs here: as many threads as there are cores to
-    # use, not asyncio's default of cores + 4 (each keeps a scrypt scratch, a stack, an arena)
+    # the share path's re-check (scrypt, GIL released), state writes and config reads run here
+    # (chip nonces are verified on the C core's own threads): a few threads, not asyncio's
+    # default of cores + 4 (each keeps a scrypt scratch, a stack, an arena)
     loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(
         D.AGENT_EXECUTOR_THREADS, thread_name_prefix="agent-worker"))  # fmt: skip
     stop = asyncio.Event()
