@@ -230,8 +230,9 @@ class State:
                 raise ValueError("no pending nonce to resolve")
             self.buckets[PENDING] -= 1
             self.buckets[outcome] += 1
-            if outcome == "hw_errors" and chain is not None and chain in self.chains:
-                c = self.chains[chain]
+            if outcome == "hw_errors" and chain is not None:
+                # a chain not seen yet is made here, as record_nonce does: its HW error counts
+                c = self._chain(chain)
                 c.hw_errors += 1
                 if chip is not None:
                     self._chip(c, chip).hw_errors += 1

@@ -88,6 +88,17 @@ class NonceAccounting(RuleBasedStateMachine):
 TestNonceAccounting = NonceAccounting.TestCase
 
 
+def test_a_hw_error_resolved_on_a_chain_not_seen_yet_is_counted_there() -> None:
+    """Found by the state machine above: the error went uncounted per chain until the chain
+    appeared by other means, and then showed 0 HW errors."""
+    state = State(clock=Clock(), window_s=10)
+    state.record_nonce(1, 1.0, "pending", pool="p")
+    state.resolve("hw_errors", pool="p", chain=0)
+    state.add_hashes(0, 0)
+    chains = {c["id"]: c for c in state.snapshot()["chains"]}
+    assert chains[0]["hw_errors"] == 1 and chains[1]["hw_errors"] == 0
+
+
 def test_snapshot_has_the_api_status_fields() -> None:
     state = State()
     state.set_chain(0, chips=72, frequency_mhz=384.0, temp_c=55.5)
