@@ -191,9 +191,14 @@ def test_line_held_low_keeps_the_chain_silent(tmp_path: Path) -> None:
             assert rig.chips.stats.nonces_out == emitted  # not one nonce while held
             assert rig.chips.stats.held_bytes > 0  # the driver's polls and boot reads, dropped
             found = len(rig.nonces)
+            held_rows = len(rig.lines)
             rig.stuck_low = False  # the next re-boot pulses the line: released
             await rig.until(lambda: rig.kinds("chain_recovered"), "the recovery")
-            assert rig.lines[-1][0] == "released" and not rig.chips.in_reset
+            # the boot's reset is two pulses: the first releases the line; the second is seen
+            # as a pulse, as held then released, or not at all, as the emulator samples it
+            after = [row[0] for row in rig.lines[held_rows:]]
+            assert after and after[0] == "released" and after[-1] in ("released", "pulse")
+            assert not rig.chips.in_reset
             assert len(rig.nonces) == found
             assert rig.chain.chip_count == CHIPS and rig.addressed() == CHIPS
             await rig.mining()
