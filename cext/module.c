@@ -49,30 +49,32 @@ static PyObject *usable_names(void)
     return list;
 }
 
-static int get_header(PyObject *obj, Py_buffer *view)
+/* Copies an 80-byte header out of any bytes-like object; -1 with an error naming what was
+ * wrong. Every entry point that takes a header uses it. */
+static int copy_header(PyObject *obj, uint8_t hdr[80])
 {
-    if (PyObject_GetBuffer(obj, view, PyBUF_SIMPLE) < 0) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) < 0) {
         PyErr_Format(PyExc_TypeError, "header must be a bytes-like object, not %.100s",
                      Py_TYPE(obj)->tp_name);
         return -1;
     }
-    if (view->len != 80) {
-        PyErr_Format(PyExc_ValueError, "header must be 80 bytes, got %zd", view->len);
-        PyBuffer_Release(view);
+    if (view.len != 80) {
+        PyErr_Format(PyExc_ValueError, "header must be 80 bytes, got %zd", view.len);
+        PyBuffer_Release(&view);
         return -1;
     }
+    memcpy(hdr, view.buf, 80);
+    PyBuffer_Release(&view);
     return 0;
 }
 
 static PyObject *py_pow_hash(PyObject *self, PyObject *arg)
 {
     (void)self;
-    Py_buffer hv;
-    if (get_header(arg, &hv) < 0)
-        return NULL;
     uint8_t hdr[80], out[32];
-    memcpy(hdr, hv.buf, 80);
-    PyBuffer_Release(&hv);
+    if (copy_header(arg, hdr) < 0)
+        return NULL;
     const scrypt_backend *be = active;
     int fail = 0;
     Py_BEGIN_ALLOW_THREADS
@@ -152,12 +154,9 @@ static PyObject *py_scan(PyObject *self, PyObject *args)
         PyErr_Format(PyExc_ValueError, "count must be in 1..2**32, got %lld", count);
         return NULL;
     }
-    Py_buffer hv;
-    if (get_header(hobj, &hv) < 0)
-        return NULL;
     uint8_t hdr[80];
-    memcpy(hdr, hv.buf, 80);
-    PyBuffer_Release(&hv);
+    if (copy_header(hobj, hdr) < 0)
+        return NULL;
 
     const scrypt_backend *be = active;
     hits found = {NULL, 0, 0};
@@ -351,12 +350,9 @@ static PyObject *verifier_submit(VerifierObject *self, PyObject *args)
         PyErr_Format(PyExc_OverflowError, "tag must be in 0..2**64-1, got %R", tobj);
         return NULL;
     }
-    Py_buffer hv;
-    if (get_header(hobj, &hv) < 0)
-        return NULL;
     uint8_t hdr[80];
-    memcpy(hdr, hv.buf, 80);
-    PyBuffer_Release(&hv);
+    if (copy_header(hobj, hdr) < 0)
+        return NULL;
     if (vq_submit(self->q, (uint64_t)tag, hdr, active->romix_one) < 0) {
         if (errno == ENOBUFS)
             return PyErr_Format(PyExc_OverflowError,
