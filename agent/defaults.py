@@ -150,6 +150,12 @@ BM1485_REPLY_TIMEOUT_S = 0.5  # one addressed register read
 BM1485_HASHRATE_POLL_S = 2.0
 POLL_STAGGER_CHAINS = 4  # chains spread their HASHRATE polls over the poll period
 BM1485_TEMP_POLL_S = 10.0
+# While a HASHRATE poll's replies stream in (72 frames: 44 ms at 115,200 baud) the chain reads
+# its port in slices of this long instead of at every few bytes the UART hands over: each wake-up
+# of the loop costs 100-170 us of CPU on a VM, more than decoding the frames it brings. A nonce
+# that arrives meanwhile waits at most one slice.
+BM1485_BURST_READ_S = 0.010
+BM1485_BURST_SLACK_S = 0.020  # the chips' reply latency on top of the line time
 BM1485_MISSED_POLLS_LOST = 3  # a chip missing this many HASHRATE polls in a row has dropped off
 # one address answering a HASHRATE poll this many times: the chips were reset (all at address 0)
 BM1485_RESET_ECHOES = 3

@@ -67,6 +67,8 @@ class ChainTiming:
     silence_s: float = D.BM1485_SILENCE_S
     reboot_backoff_s: float = D.BM1485_REBOOT_BACKOFF_S
     flush_s: float = 0.05  # quiet line: let the stream decoder decide on what it holds
+    burst_read_s: float = D.BM1485_BURST_READ_S
+    burst_slack_s: float = D.BM1485_BURST_SLACK_S
     work_timeout_s: float | None = None  # None: the reference's formula from frequency
 
 
@@ -188,6 +190,9 @@ class Chain:
         self._fd = -1
         self._out = bytearray()
         self._watching_writes = False
+        self._reading = False  # the fd is watched for input (not during a burst's slice)
+        self._burst_until = 0.0  # loop time until which a poll's replies are still streaming in
+        self._resume_handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: dict[tuple[int, int], list[asyncio.Future[bytes]]] = {}
         self._collect: dict[int, tuple[list[bm.RegisterResponse], int, asyncio.Event]] = {}
@@ -436,6 +441,7 @@ class Chain:
         os.set_blocking(self._fd, False)
         assert self._loop is not None
         self._loop.add_reader(self._fd, self._readable)
+        self._reading = True
         self.last_rx = time.monotonic()
 
     def _close(self) -> None:
@@ -445,10 +451,13 @@ class Chain:
         if self._serial is None:
             return
         assert self._loop is not None
+        if self._resume_handle is not None:
+            self._resume_handle.cancel()
+            self._resume_handle = None
         with contextlib.suppress(Exception):
             self._loop.remove_reader(self._fd)
             self._loop.remove_writer(self._fd)
-        self._watching_writes = False
+        self._watching_writes = self._reading = False
         with contextlib.suppress(Exception):
             self._serial.close()
         self._serial = None
@@ -501,6 +510,27 @@ class Chain:
             self._flush_handle.cancel()
         if self.decoder.pending:
             self._flush_handle = self._loop.call_later(self.timing.flush_s, self._flush)
+        if self._reading and self._loop.time() < self._burst_until:
+            # a poll's replies are still coming: let them gather in the kernel's buffer
+            self._loop.remove_reader(self._fd)
+            self._reading = False
+            self._resume_handle = self._loop.call_later(self.timing.burst_read_s,
+                                                        self._resume_reading)  # fmt: skip
+
+    def _expect_burst(self, frames: int) -> None:
+        """`frames` replies are about to stream in: read them in slices (see _readable)."""
+        assert self._loop is not None
+        line_s = frames * bm.RESPONSE_BYTES * 10 / self.baudrate  # 8N1: 10 bits a byte
+        self._burst_until = self._loop.time() + line_s + self.timing.burst_slack_s
+
+    def _resume_reading(self) -> None:
+        self._resume_handle = None
+        if self._serial is None or self._reading:
+            return
+        assert self._loop is not None
+        self._loop.add_reader(self._fd, self._readable)
+        self._reading = True
+        self._readable()  # what gathered meanwhile, without waiting for another wake-up
 
     def _flush(self) -> None:
         self._flush_handle = None
@@ -802,6 +832,7 @@ class Chain:
             self._check_poll()
             self._replies.clear()
             self._poll_gen += 1
+            self._expect_burst(len(self.chips))
             self._write(bm.read_register(bm.REG_HASHRATE))
 
     def _check_poll(self) -> None:
