@@ -150,10 +150,11 @@ BM1485_REPLY_TIMEOUT_S = 0.5  # one addressed register read
 BM1485_HASHRATE_POLL_S = 2.0
 POLL_STAGGER_CHAINS = 4  # chains spread their HASHRATE polls over the poll period
 BM1485_TEMP_POLL_S = 10.0
-# While a HASHRATE poll's replies stream in (72 frames: 44 ms at 115,200 baud) the chain reads
-# its port in slices of this long instead of at every few bytes the UART hands over: each wake-up
-# of the loop costs 100-170 us of CPU on a VM, more than decoding the frames it brings. A nonce
-# that arrives meanwhile waits at most one slice.
+# While a HASHRATE poll's replies stream in (72 frames: 44 ms at 115,200 baud) the chain does
+# not read its port at every few bytes the UART hands over (56-59 reads a poll): it reads what
+# came first, then the rest once the line time has passed, and slices of at least this long if
+# replies still come. Each wake-up of the loop cost 40-260 us of CPU here, far more than decoding
+# the frames it brought. A nonce that arrives meanwhile waits at most the poll's line time.
 BM1485_BURST_READ_S = 0.010
 BM1485_BURST_SLACK_S = 0.020  # the chips' reply latency on top of the line time
 BM1485_MISSED_POLLS_LOST = 3  # a chip missing this many HASHRATE polls in a row has dropped off

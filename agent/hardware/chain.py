@@ -201,7 +201,7 @@ class Chain:
         self._flush_handle: asyncio.TimerHandle | None = None
         self._work_timer: asyncio.TimerHandle | None = None
         self._work_deadline = 0.0  # loop time at which the current work is used up
-        self._verifier: NonceVerifier[tuple[ChipStats, int, int, Work]] | None = None
+        self._verifier: NonceVerifier[tuple[ChipStats, int, bytes, Work]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._booting = False
 
@@ -510,15 +510,16 @@ class Chain:
             self._flush_handle.cancel()
         if self.decoder.pending:
             self._flush_handle = self._loop.call_later(self.timing.flush_s, self._flush)
-        if self._reading and self._loop.time() < self._burst_until:
+        now = self._loop.time()
+        if self._reading and now < self._burst_until:
             # a poll's replies are still coming: let them gather in the kernel's buffer
             self._loop.remove_reader(self._fd)
             self._reading = False
-            self._resume_handle = self._loop.call_later(self.timing.burst_read_s,
-                                                        self._resume_reading)  # fmt: skip
+            wait_s = max(self.timing.burst_read_s, self._burst_until - now)
+            self._resume_handle = self._loop.call_later(wait_s, self._resume_reading)
 
     def _expect_burst(self, frames: int) -> None:
-        """`frames` replies are about to stream in: read them in slices (see _readable)."""
+        """`frames` replies are about to stream in: read them as a whole (see _readable)."""
         assert self._loop is not None
         line_s = frames * bm.RESPONSE_BYTES * 10 / self.baudrate  # 8N1: 10 bits a byte
         self._burst_until = self._loop.time() + line_s + self.timing.burst_slack_s
@@ -952,8 +953,8 @@ class Chain:
         if self._verifier is None:
             return
         try:
-            self._verifier.submit(work.header76 + r.nonce.to_bytes(4, "little"),
-                                  (chip, r.work_id, r.nonce, work))  # fmt: skip
+            header80 = work.header76 + r.nonce.to_bytes(4, "little")
+            self._verifier.submit(header80, (chip, r.work_id, header80, work))
         except OverflowError as e:  # the hashing threads are far behind: say so, once a nonce
             self.unverified += 1
             self._event("verify_overflow", chip.index, f"nonce {r.nonce:#010x} dropped: {e}")
@@ -963,9 +964,10 @@ class Chain:
         self.stale += 1
         self._event("stale", chip.index, f"nonce {nonce:#010x} of retired work id {slot}")
 
-    def _verified(self, item: tuple[ChipStats, int, int, Work], h: bytes) -> None:
+    def _verified(self, item: tuple[ChipStats, int, bytes, Work], h: bytes) -> None:
         """A nonce's scrypt hash, back from the verifier's thread, on the loop."""
-        chip, slot, nonce, work = item
+        chip, slot, header80, work = item
+        nonce = int.from_bytes(header80[76:], "little")
         if not scrypt.hash_meets(h, self.ticket_target):
             if chip.disabled:  # gated while it was being verified
                 chip.gated_nonces += 1
@@ -983,7 +985,7 @@ class Chain:
         self.nonces += 1
         if self._on_nonce is not None:
             try:
-                self._on_nonce(Nonce(self.chain, chip.index, work.work_id, nonce, h))
+                self._on_nonce(Nonce(self.chain, chip.index, work.work_id, nonce, h, header80))
             except Exception:
                 log.exception("on_nonce failed")
 

@@ -56,13 +56,16 @@ class Work:
 
 @dataclass(frozen=True)
 class Nonce:
-    """A nonce from the hashing side, as a chain of chips reports it."""
+    """A nonce from the hashing side, as a chain of chips reports it. header80 is the header
+    raw_hash was computed over, when the side that hashed it says: the share path then needs no
+    second hash to know the hash is that of the share it submits."""
 
     chain: int
     chip: int
     work_id: int
     nonce: int
     raw_hash: bytes
+    header80: bytes | None = None
 
 
 def synthetic_work(work_id: int, clean: bool = True, target: int | None = None) -> Work:
@@ -232,7 +235,8 @@ class CpuBoard:
         for nonce, raw_hash in found:
             self.nonces_found += 1
             if self._on_nonce is not None:
-                self._on_nonce(Nonce(self.chain, index, work.work_id, nonce, raw_hash))
+                self._on_nonce(Nonce(self.chain, index, work.work_id, nonce, raw_hash,
+                                    work.header76 + nonce.to_bytes(4, "little")))
 
     def _exhausted(self, work: Work) -> None:
         log.info("work %d: nonce space exhausted; waiting for new work", work.work_id)

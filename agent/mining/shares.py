@@ -4,7 +4,9 @@ a share, verified and submitted to the pool that issued its job.
     nonce -> State.record_nonce (pending) -> WorkSource.resolve
         Stale                    -> stale
         hash above share target  -> below_target
-        share or block           -> verify pow_hash(header) off the loop -> hw_errors if it differs
+        share or block           -> the hash is that of the share's header: the hashing side
+                                    says it hashed the same 80 bytes (a block, or a side that
+                                    does not say, is hashed again off the loop) -> else hw_errors
                                  -> PoolManager.submit -> accepted | rejected | stale (or lost)
 
 A nonce leaves `pending` exactly once, so nonces = accepted + rejected + stale + below_target +
@@ -100,12 +102,19 @@ class SharePath:
 
     async def _share(self, found: Nonce, cand: ShareCandidate, block: bool) -> None:
         try:
-            loop = asyncio.get_running_loop()
-            digest = await loop.run_in_executor(None, self._verify, cand.header80)
+            if found.header80 is not None and found.header80 != cand.header80:
+                digest = None  # the chip's work and the pool's job disagree: not this share
+            elif found.header80 is None or block:  # a block is worth a second look
+                loop = asyncio.get_running_loop()
+                digest = await loop.run_in_executor(None, self._verify, cand.header80)
+            else:
+                digest = found.raw_hash  # hashed over these very 80 bytes by the chain
             if digest != found.raw_hash:
+                why = ("its chain hashed a header other than its job's" if digest is None
+                       else "its hash differs from the chain's")  # fmt: skip
                 log.warning(
-                    "chain %d chip %d: nonce %08x does not verify (work %d): counted as HW error",
-                    found.chain, found.chip, found.nonce, found.work_id,
+                    "chain %d chip %d: nonce %08x does not verify (work %d, %s): counted as HW "
+                    "error", found.chain, found.chip, found.nonce, found.work_id, why,
                 )  # fmt: skip
                 self._final("hw_errors", found.chain)
                 return
