@@ -167,6 +167,11 @@ BM1485_DUP_WINDOW = 1024
 # chain is far more than a real chain needs (31 nonces/s per board, 0.2 ms each)
 CHAIN_VERIFY_THREADS = 1
 CHAIN_VERIFY_DRAIN_S = 0.5  # at stop, nonces still being verified are waited for this long
+# A verified nonce that is no share (nearly all of them) wakes the loop on its own only after
+# this long; the chain takes results whenever it reads its port, which at 7.5 nonces/s a chain is
+# sooner. A share (its hash meets its work's target) wakes it at once. Each wake-up costs more
+# CPU here than the hash; the nonce counters lag by this much at most.
+CHAIN_VERIFY_LAZY_S = 0.5
 BM1485_SILENCE_S = 5.0  # no byte at all for this long: the chain is reset and booted again
 BM1485_REBOOT_BACKOFF_S = 5.0  # between failed re-inits of a silent chain
 BM1485_LIVE_WORKS = 16  # non-clean work keeps this many older works valid

@@ -8,9 +8,13 @@ scan(header80, start, count, target)
                             one header, lanes interleaved; returns [(nonce, raw_hash)] whose hash,
                             read little-endian, is <= target
 backends(), backend()       the SIMD paths this CPU can run, and the one in use
-Verifier(threads=1)         pow_hash on the core's own threads, which never take the GIL:
-                            submit(header80, tag), take() -> [(tag, raw_hash)], fileno() readable
-                            while results wait, pending(), close() (agent.hardware.verifier)
+Verifier(threads=1, lazy_s=0.0)
+                            pow_hash on the core's own threads, which never take the GIL:
+                            submit(header80, tag, urgent_target=None), take() -> [(tag,
+                            raw_hash)], fileno() readable while results wait (with lazy_s, once
+                            a result has waited that long or meets its urgent target: 32 bytes,
+                            little-endian), set_lazy(s), pending(), close()
+                            (agent.hardware.verifier)
 
 DOGE_AGENT_SCRYPT_BACKEND=<name> picks a backend at import (tests use it); set_backend() at run
 time. Every call releases the GIL while hashing, so threads scale across cores.

@@ -290,20 +290,28 @@ typedef struct {
 
 static int verifier_init(VerifierObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"threads", NULL};
+    static char *kwlist[] = {"threads", "lazy_s", NULL};
     int threads = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|i:Verifier", kwlist, &threads))
+    double lazy_s = 0.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|id:Verifier", kwlist, &threads, &lazy_s))
         return -1;
     if (threads < 1 || threads > (int)VQ_MAX_THREADS) {
         PyErr_Format(PyExc_ValueError, "threads must be in 1..%u, got %d", VQ_MAX_THREADS,
                      threads);
         return -1;
     }
+    if (!(lazy_s >= 0.0 && lazy_s <= 60.0)) {
+        PyObject *v = PyFloat_FromDouble(lazy_s);
+        if (v != NULL)
+            PyErr_Format(PyExc_ValueError, "lazy_s must be in 0..60 seconds, got %R", v);
+        Py_XDECREF(v);
+        return -1;
+    }
     if (self->q != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Verifier already initialised");
         return -1;
     }
-    self->q = vq_open((unsigned)threads);
+    self->q = vq_open((unsigned)threads, (int64_t)(lazy_s * 1e9));
     if (self->q == NULL) {
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
@@ -339,9 +347,25 @@ static int verifier_open(VerifierObject *self)
 
 static PyObject *verifier_submit(VerifierObject *self, PyObject *args)
 {
-    PyObject *hobj, *tobj;
-    if (!PyArg_ParseTuple(args, "OO:submit", &hobj, &tobj) || !verifier_open(self))
+    PyObject *hobj, *tobj, *uobj = Py_None;
+    if (!PyArg_ParseTuple(args, "OO|O:submit", &hobj, &tobj, &uobj) || !verifier_open(self))
         return NULL;
+    uint8_t urgent[32];
+    if (uobj != Py_None) {
+        Py_buffer u;
+        if (PyObject_GetBuffer(uobj, &u, PyBUF_SIMPLE) < 0)
+            return PyErr_Format(PyExc_TypeError,
+                                "urgent_target must be 32 little-endian bytes or None, not "
+                                "%.100s", Py_TYPE(uobj)->tp_name);
+        int bad = u.len != 32;
+        if (!bad)
+            memcpy(urgent, u.buf, 32);
+        Py_ssize_t len = u.len;
+        PyBuffer_Release(&u);
+        if (bad)
+            return PyErr_Format(PyExc_ValueError,
+                                "urgent_target must be 32 little-endian bytes, got %zd", len);
+    }
     if (!PyLong_Check(tobj))
         return PyErr_Format(PyExc_TypeError, "tag must be an int, not %.100s",
                             Py_TYPE(tobj)->tp_name);
@@ -353,7 +377,8 @@ static PyObject *verifier_submit(VerifierObject *self, PyObject *args)
     uint8_t hdr[80];
     if (copy_header(hobj, hdr) < 0)
         return NULL;
-    if (vq_submit(self->q, (uint64_t)tag, hdr, active->romix_one) < 0) {
+    if (vq_submit(self->q, (uint64_t)tag, hdr, active->romix_one,
+                  uobj == Py_None ? NULL : urgent) < 0) {
         if (errno == ENOBUFS)
             return PyErr_Format(PyExc_OverflowError,
                                 "verifier queue full: %u headers waiting to be hashed",
@@ -382,6 +407,19 @@ static PyObject *verifier_take(VerifierObject *self, PyObject *noargs)
     }
     free(res);
     return list;
+}
+
+static PyObject *verifier_set_lazy(VerifierObject *self, PyObject *arg)
+{
+    double lazy_s = PyFloat_AsDouble(arg);
+    if (lazy_s == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (!(lazy_s >= 0.0 && lazy_s <= 60.0))
+        return PyErr_Format(PyExc_ValueError, "lazy_s must be in 0..60 seconds, got %R", arg);
+    if (!verifier_open(self))
+        return NULL;
+    vq_set_lazy(self->q, (int64_t)(lazy_s * 1e9));
+    Py_RETURN_NONE;
 }
 
 static PyObject *verifier_fileno(VerifierObject *self, PyObject *noargs)
@@ -415,9 +453,15 @@ static PyObject *verifier_closed(VerifierObject *self, void *closure)
 
 static PyMethodDef verifier_methods[] = {
     {"submit", (PyCFunction)verifier_submit, METH_VARARGS,
-     "submit(header80, tag): queue one header for pow_hash on the verifier's threads"},
+     "submit(header80, tag, urgent_target=None): queue one header for pow_hash on the "
+     "verifier's threads; a hash at or under urgent_target (32 little-endian bytes) is "
+     "signalled at once even when the verifier is lazy"},
+    {"set_lazy", (PyCFunction)verifier_set_lazy, METH_O,
+     "set_lazy(seconds): how long a result that is not urgent may wait for take() before the "
+     "fd turns readable (0: at once)"},
     {"take", (PyCFunction)verifier_take, METH_NOARGS,
-     "take() -> [(tag, raw_hash)]: every finished hash, oldest first per thread"},
+     "take() -> [(tag, raw_hash)]: every finished hash, oldest first per thread; cheap when "
+     "none waits"},
     {"fileno", (PyCFunction)verifier_fileno, METH_NOARGS,
      "fd that is readable while finished hashes wait for take()"},
     {"pending", (PyCFunction)verifier_pending, METH_NOARGS,
@@ -434,7 +478,8 @@ static PyTypeObject VerifierType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "agent._scrypt.Verifier",
     .tp_basicsize = sizeof(VerifierObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Verifier(threads=1): pow_hash on the core's own threads, no GIL taken by them",
+    .tp_doc = "Verifier(threads=1, lazy_s=0.0): pow_hash on the core's own threads, no GIL "
+              "taken by them; lazy_s > 0 lets results that are not urgent wait for take()",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)verifier_init,
     .tp_dealloc = (destructor)verifier_dealloc,

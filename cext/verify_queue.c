@@ -1,7 +1,8 @@
 /* The verification queue: see verify_queue.h. One mutex guards both lists; a hash runs outside
- * it. The pipe carries at most one byte: a thread writes it when the first result of a batch
- * arrives (flag `signalled`), and vq_take empties it and clears the flag under the same mutex,
- * so a result never waits without a readable pipe. */
+ * it. The pipe carries at most one byte: a thread writes it (flag `signalled`) when the first
+ * result of a batch arrives, or with lazy_ns when an urgent one arrives or the batch's first
+ * result has waited lazy_ns (`due_ns`; an idle thread sleeps until then). vq_take empties the
+ * pipe and clears both under the same mutex, so a result never waits past its due time. */
 #define _GNU_SOURCE /* syscall(SYS_gettid) */
 
 #include "verify_queue.h"
@@ -12,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 #if defined(__linux__)
 #include <sys/syscall.h>
@@ -21,6 +23,8 @@ typedef struct {
     uint64_t tag;
     romix_fn one;
     uint8_t header[80];
+    uint8_t urgent[32]; /* little-endian target; meaningful when has_urgent */
+    int has_urgent;
 } vq_item;
 
 struct verify_queue {
@@ -32,6 +36,7 @@ struct verify_queue {
     size_t done_len, done_cap;
     size_t hashing; /* taken by a thread, result not yet appended */
     int closing, signalled;
+    int64_t lazy_ns, due_ns; /* due_ns: CLOCK_MONOTONIC time to wake the loop at, 0: none */
     int rfd, wfd;
     unsigned nthreads;
     pthread_t threads[VQ_MAX_THREADS];
@@ -64,6 +69,46 @@ static int append_result(verify_queue *q, uint64_t tag, const uint8_t hash[32])
     return 0;
 }
 
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* hash <= target, both 256-bit little-endian */
+static int meets(const uint8_t hash[32], const uint8_t target[32])
+{
+    for (int i = 31; i >= 0; i--)
+        if (hash[i] != target[i])
+            return hash[i] < target[i];
+    return 1;
+}
+
+/* Under the mutex: make the pipe readable (results wait). */
+static void wake_loop(verify_queue *q)
+{
+    static const uint8_t one = 1;
+    /* the pipe holds at most this byte, so the write cannot block or fail for room */
+    if (!q->signalled && write(q->wfd, &one, 1) == 1)
+        q->signalled = 1;
+    q->due_ns = 0;
+}
+
+/* Under the mutex, with no header queued: sleep until work, closing, or the due time. */
+static void idle_wait(verify_queue *q)
+{
+    if (q->due_ns == 0 || q->signalled || q->done_len == 0) {
+        pthread_cond_wait(&q->work, &q->mu);
+        return;
+    }
+    struct timespec ts = {.tv_sec = (time_t)(q->due_ns / 1000000000),
+                          .tv_nsec = (long)(q->due_ns % 1000000000)};
+    if (pthread_cond_timedwait(&q->work, &q->mu, &ts) == ETIMEDOUT && q->due_ns != 0 &&
+        now_ns() >= q->due_ns && q->done_len != 0)
+        wake_loop(q);
+}
+
 static void *worker(void *arg)
 {
     verify_queue *q = arg;
@@ -76,7 +121,7 @@ static void *worker(void *arg)
     pthread_mutex_lock(&q->mu);
     for (;;) {
         while (!q->closing && q->count == 0)
-            pthread_cond_wait(&q->work, &q->mu);
+            idle_wait(q);
         if (q->closing)
             break;
         vq_item it = q->ring[q->head];
@@ -95,17 +140,19 @@ static void *worker(void *arg)
         pthread_mutex_lock(&q->mu);
         q->hashing--;
         if (append_result(q, it.tag, out) == 0 && !q->signalled) {
-            static const uint8_t one = 1;
-            /* the pipe holds at most this byte, so the write cannot block or fail for room */
-            if (write(q->wfd, &one, 1) == 1)
-                q->signalled = 1;
+            if (q->lazy_ns == 0 || (it.has_urgent && meets(out, it.urgent)))
+                wake_loop(q);
+            else if (q->due_ns == 0)
+                q->due_ns = now_ns() + q->lazy_ns;
+            else if (now_ns() >= q->due_ns) /* overdue while headers kept this thread busy */
+                wake_loop(q);
         }
     }
     pthread_mutex_unlock(&q->mu);
     return NULL;
 }
 
-verify_queue *vq_open(unsigned threads)
+verify_queue *vq_open(unsigned threads, int64_t lazy_ns)
 {
     if (threads < 1 || threads > VQ_MAX_THREADS) {
         errno = EINVAL;
@@ -129,7 +176,16 @@ verify_queue *vq_open(unsigned threads)
         errno = e;
         return NULL;
     }
-    if (pthread_cond_init(&q->work, NULL) != 0) {
+    q->lazy_ns = lazy_ns > 0 ? lazy_ns : 0;
+    pthread_condattr_t ca;
+    int cond_rc = pthread_condattr_init(&ca);
+    if (cond_rc == 0) {
+        cond_rc = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* due_ns is monotonic */
+        if (cond_rc == 0)
+            cond_rc = pthread_cond_init(&q->work, &ca);
+        pthread_condattr_destroy(&ca);
+    }
+    if (cond_rc != 0) {
         pthread_mutex_destroy(&q->mu);
         close(q->rfd);
         close(q->wfd);
@@ -152,6 +208,15 @@ verify_queue *vq_open(unsigned threads)
 
 int vq_fd(const verify_queue *q) { return q->rfd; }
 
+void vq_set_lazy(verify_queue *q, int64_t lazy_ns)
+{
+    pthread_mutex_lock(&q->mu);
+    q->lazy_ns = lazy_ns > 0 ? lazy_ns : 0;
+    if (q->lazy_ns == 0 && q->done_len != 0)
+        wake_loop(q);
+    pthread_mutex_unlock(&q->mu);
+}
+
 static int grow_ring(verify_queue *q)
 {
     size_t ncap = q->cap ? q->cap * 2 : 64;
@@ -167,7 +232,8 @@ static int grow_ring(verify_queue *q)
     return 0;
 }
 
-int vq_submit(verify_queue *q, uint64_t tag, const uint8_t header[80], romix_fn one)
+int vq_submit(verify_queue *q, uint64_t tag, const uint8_t header[80], romix_fn one,
+              const uint8_t *urgent)
 {
     int err = 0;
     pthread_mutex_lock(&q->mu);
@@ -182,6 +248,9 @@ int vq_submit(verify_queue *q, uint64_t tag, const uint8_t header[80], romix_fn 
         it->tag = tag;
         it->one = one;
         memcpy(it->header, header, 80);
+        it->has_urgent = urgent != NULL;
+        if (urgent != NULL)
+            memcpy(it->urgent, urgent, 32);
         q->count++;
     }
     pthread_mutex_unlock(&q->mu);
@@ -198,10 +267,13 @@ int vq_submit(verify_queue *q, uint64_t tag, const uint8_t header[80], romix_fn 
 size_t vq_take(verify_queue *q, vq_result **out)
 {
     pthread_mutex_lock(&q->mu);
-    uint8_t sink[16];
-    while (read(q->rfd, sink, sizeof sink) > 0)
-        ;
-    q->signalled = 0;
+    if (q->signalled) { /* the pipe holds one byte at most */
+        uint8_t sink[16];
+        while (read(q->rfd, sink, sizeof sink) > 0)
+            ;
+        q->signalled = 0;
+    }
+    q->due_ns = 0;
     size_t n = q->done_len;
     *out = n ? q->done : NULL;
     if (n) {

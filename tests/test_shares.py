@@ -96,3 +96,17 @@ def test_a_hash_that_is_not_the_headers_is_a_hw_error_never_submitted() -> None:
     b = rig.settle(rig.found(raw=bytes(32)))  # meets every target; not this header's hash
     assert rig.hashed == [rig.header80] and rig.submitted == []
     assert b["hw_errors"] == 1
+
+
+def test_a_nonce_back_after_its_job_died_is_stale_only_if_it_was_a_share() -> None:
+    """Nonces that are no share are verified lazily and may come back after a clean job: below
+    the pool's target either way, nothing was lost. A share of a dead job is stale."""
+    rig = Rig()
+    rig.work.retire(reason="clean_jobs")
+    share = rig.settle(rig.found(header80=rig.header80))
+    assert share["stale"] == 1 and rig.submitted == []
+
+    rig = Rig()
+    rig.work.retire(reason="clean_jobs")
+    miss = rig.settle(rig.found(header80=rig.header80, raw=b"\xff" * 32))  # over every target
+    assert miss["below_target"] == 1 and miss["stale"] == 0

@@ -67,6 +67,10 @@ def test_every_backend_gives_the_same_hash() -> None:
         ((HEADER, -1), OverflowError, "tag must be in 0..2**64-1, got -1"),
         ((HEADER, 2**64), OverflowError, "tag must be in 0..2**64-1"),
         ((HEADER, 1.0), TypeError, "tag must be an int, not float"),
+        ((HEADER, 1, b"\xff" * 31), ValueError, "urgent_target must be 32 little-endian bytes, "
+         "got 31"),
+        ((HEADER, 1, 5), TypeError, "urgent_target must be 32 little-endian bytes or None, not "
+         "int"),
     ],
 )
 def test_bad_submissions_are_named_and_queue_nothing(args: tuple, exc: type, words: str) -> None:
@@ -75,6 +79,56 @@ def test_bad_submissions_are_named_and_queue_nothing(args: tuple, exc: type, wor
         with pytest.raises(exc, match=words.replace("*", r"\*").replace(".", r"\.")):
             v.submit(*args)
         assert v.pending() == 0
+    finally:
+        v.close()
+
+
+@pytest.mark.parametrize("lazy_s", [-0.001, 61.0, float("nan")])
+def test_a_lazy_time_out_of_range_is_refused(lazy_s: float) -> None:
+    with pytest.raises(ValueError, match=r"lazy_s must be in 0\.\.60 seconds, got"):
+        scrypt.Verifier(1, lazy_s)
+    v = scrypt.Verifier(1)
+    with pytest.raises(ValueError, match=r"lazy_s must be in 0\.\.60 seconds, got"):
+        v.set_lazy(lazy_s)
+    v.close()
+
+
+def _readable(v: scrypt.Verifier, timeout_s: float) -> bool:
+    return bool(select.select([v.fileno()], [], [], timeout_s)[0])
+
+
+def test_a_lazy_verifier_wakes_for_a_share_at_once_and_for_the_rest_when_asked() -> None:
+    """Lazy (as each chain runs it): a hash that meets its urgent target makes the fd readable
+    at once, and brings the results finished before it; the others wait for take() (which the
+    loop calls whenever it is awake), their due time, or set_lazy(0)."""
+    v = scrypt.Verifier(1, 30.0)
+    try:
+        never = bytes(32)  # no hash is at or under 0
+        v.submit(HEADER, 1)
+        v.submit(bytes(80), 2, never)
+        v.submit(HEADER[::-1], 3, b"\xff" * 32)  # every hash is: a share
+        assert _readable(v, 20.0)  # long before the 30 s
+        assert v.take() == [(1, scrypt.pow_hash(HEADER)), (2, scrypt.pow_hash(bytes(80))),
+                            (3, scrypt.pow_hash(HEADER[::-1]))]  # fmt: skip
+        v.submit(HEADER, 4, never)
+        assert not _readable(v, 0.3)  # hashed in 0.2 ms, held for the loop's next wake-up
+        v.set_lazy(0.0)  # from now on at once, and what waits too
+        assert _readable(v, 20.0) and v.take() == [(4, scrypt.pow_hash(HEADER))]
+        assert not _readable(v, 0.0)  # take() emptied the pipe
+    finally:
+        v.close()
+
+
+def test_a_lazy_result_wakes_the_loop_once_it_is_due() -> None:
+    import time
+
+    v = scrypt.Verifier(1, 0.05)
+    try:
+        t0 = time.monotonic()
+        v.submit(HEADER, 9)
+        assert _readable(v, 20.0)
+        assert time.monotonic() - t0 >= 0.05
+        assert v.take() == [(9, scrypt.pow_hash(HEADER))]
     finally:
         v.close()
 
@@ -181,3 +235,32 @@ def test_hashing_threads_run_below_the_event_loops_priority() -> None:
         assert os.getpriority(os.PRIO_PROCESS, 0) == mine
     finally:
         v.close()
+
+
+def test_lazy_results_come_with_collect_and_drain_waits_for_none_of_the_delay() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        got: list[int] = []
+        two = asyncio.Event()
+
+        def on_result(ctx: int, _raw: bytes) -> None:
+            got.append(ctx)
+            if len(got) == 2:
+                two.set()
+
+        v: NonceVerifier[int] = NonceVerifier(loop, on_result, lazy_s=30.0)
+        v.submit(HEADER, 1, urgent_target=0)  # no share: held
+        v.submit(HEADER, 2, urgent_target=2**300)  # a share at any hash (capped at 2**256-1)
+        await asyncio.wait_for(two.wait(), 20.0)  # the share woke the loop; 1 came along
+        assert got == [1, 2]
+        for i in range(3, 8):
+            v.submit(HEADER, i)  # no urgent target: held
+        t0 = loop.time()
+        assert await v.drain(20.0) == 0  # drain stops holding: well before 30 s
+        assert loop.time() - t0 < 10.0 and got == list(range(1, 8))
+        v.submit(HEADER, 8)  # lazy again after drain
+        v.collect()  # nothing finished yet, or 8: either way no error, no loss
+        assert await v.drain(20.0) == 0 and got[-1] == 8
+        v.close()
+
+    asyncio.run(main())

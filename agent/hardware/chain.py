@@ -352,7 +352,8 @@ class Chain:
         if self._tasks:
             raise RuntimeError(f"chain {self.chain} already started")
         self._loop = asyncio.get_running_loop()
-        self._verifier = NonceVerifier(self._loop, self._verified)
+        self._verifier = NonceVerifier(self._loop, self._verified,
+                                       lazy_s=D.CHAIN_VERIFY_LAZY_S)
         try:
             self._open()
             await self._boot_with_retries(raise_on_fail=True)
@@ -505,6 +506,8 @@ class Chain:
         crc_before = self.decoder.crc_errors
         responses = self.decoder.feed(data)
         self._after_decode(crc_before, responses)
+        if self._verifier is not None:  # awake anyway: the results of the last nonces
+            self._verifier.collect()
         assert self._loop is not None
         if self._flush_handle is not None:
             self._flush_handle.cancel()
@@ -954,7 +957,7 @@ class Chain:
             return
         try:
             header80 = work.header76 + r.nonce.to_bytes(4, "little")
-            self._verifier.submit(header80, (chip, r.work_id, header80, work))
+            self._verifier.submit(header80, (chip, r.work_id, header80, work), work.target)
         except OverflowError as e:  # the hashing threads are far behind: say so, once a nonce
             self.unverified += 1
             self._event("verify_overflow", chip.index, f"nonce {r.nonce:#010x} dropped: {e}")
@@ -976,8 +979,10 @@ class Chain:
             why = f"nonce {nonce:#010x} work id {slot} does not meet the ticket target"
             self._hw(chip, "hw_error", why)
             return
-        if slot not in self._live or self._slots.get(slot) is not work:
-            self._stale(chip, slot, nonce)  # retired while it was being verified
+        if (slot not in self._live or self._slots.get(slot) is not work) and scrypt.hash_meets(
+            h, work.target
+        ):  # a share retired while it was being verified (a nonce that is no share was live
+            self._stale(chip, slot, nonce)  # when it came, and is counted, lazily, as that)
             return
         core = nonce >> 28
         chip.nonces += 1

@@ -6,8 +6,13 @@ before and after the hash, and a wake-up of the loop through its self-pipe. agen
 hashes on threads that never take the GIL, and makes a pipe readable when results wait; the loop
 watches that pipe and takes every finished hash in one call.
 
-    v = NonceVerifier(loop, on_result)   # on_result(context, raw_hash) runs on the loop
-    v.submit(header80, context)
+A lazy verifier (lazy_s > 0) does not wake the loop for each result: one waits until the loop
+comes by for something else (collect()), or lazy_s, unless its hash meets the urgent target it
+was submitted with (a share: the pool should have it at once).
+
+    v = NonceVerifier(loop, on_result, lazy_s=0.5)  # on_result(context, raw_hash) on the loop
+    v.submit(header80, context, urgent_target)
+    v.collect()                          # at any wake-up: results finished so far
     await v.drain(timeout_s)             # at stop: wait for hashes in flight
     v.close()
 """
@@ -23,6 +28,7 @@ from agent import defaults as D
 from agent import scrypt
 
 T = TypeVar("T")
+MAX_TARGET = 2**256 - 1  # an easier target is every hash
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +39,12 @@ class NonceVerifier(Generic[T]):
         loop: asyncio.AbstractEventLoop,
         on_result: Callable[[T, bytes], None],
         threads: int = D.CHAIN_VERIFY_THREADS,
+        lazy_s: float = 0.0,
     ) -> None:
         self._loop = loop
         self._on_result = on_result
-        self._v = scrypt.Verifier(threads)
+        self._lazy_s = lazy_s
+        self._v = scrypt.Verifier(threads, lazy_s)
         self._fd = self._v.fileno()
         self._contexts: dict[int, T] = {}
         self._next_tag = 0
@@ -48,13 +56,21 @@ class NonceVerifier(Generic[T]):
         """Headers submitted whose result has not been delivered yet."""
         return len(self._contexts)
 
-    def submit(self, header80: bytes, context: T) -> None:
-        """Queue one 80-byte header; on_result(context, raw_hash) follows on the loop.
-        OverflowError when the queue is full (the hashing threads are far behind)."""
+    def submit(self, header80: bytes, context: T, urgent_target: int | None = None) -> None:
+        """Queue one 80-byte header; on_result(context, raw_hash) follows on the loop, at once
+        if the hash is at or under urgent_target. OverflowError when the queue is full (the
+        hashing threads are far behind)."""
         tag = self._next_tag
-        self._v.submit(header80, tag)
+        urgent = None if urgent_target is None else min(urgent_target, MAX_TARGET).to_bytes(
+            32, "little")  # fmt: skip
+        self._v.submit(header80, tag, urgent)
         self._next_tag = tag + 1
         self._contexts[tag] = context
+
+    def collect(self) -> None:
+        """Deliver the results finished so far (no system call when there are none)."""
+        if self._contexts:
+            self._ready()
 
     def _ready(self) -> None:
         for tag, raw in self._v.take():
@@ -70,12 +86,15 @@ class NonceVerifier(Generic[T]):
         """Wait until every submitted header is delivered; returns how many were not by then."""
         if self._contexts:
             self._idle = asyncio.Event()
+            self._v.set_lazy(0.0)  # every result as it comes: nothing else will wake us
             try:
                 await asyncio.wait_for(self._idle.wait(), timeout_s)
             except TimeoutError:
                 pass
             finally:
                 self._idle = None
+                if not self._v.closed:
+                    self._v.set_lazy(self._lazy_s)
         return len(self._contexts)
 
     def close(self) -> None:

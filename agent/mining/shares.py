@@ -2,7 +2,7 @@
 a share, verified and submitted to the pool that issued its job.
 
     nonce -> State.record_nonce (pending) -> WorkSource.resolve
-        Stale                    -> stale
+        Stale                    -> stale (below_target if its hash missed its job's target)
         hash above share target  -> below_target
         share or block           -> the hash is that of the share's header: the hashing side
                                     says it hashed the same 80 bytes (a block, or a side that
@@ -81,6 +81,12 @@ class SharePath:
             self._final("hw_errors", found.chain)
             return
         if isinstance(res, Stale):
+            if res.share_target is not None and not scrypt.hash_meets(found.raw_hash,
+                                                                       res.share_target):
+                # no share even when its job was live: nothing was lost (a lazily verified
+                # nonce may come back after a clean job retired the work it was found on)
+                self._final("below_target", found.chain)
+                return
             log.debug("stale nonce %08x for work %d: %s", found.nonce, found.work_id, res.reason)
             self._final("stale", found.chain)
             return

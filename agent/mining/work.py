@@ -101,10 +101,11 @@ class Stale:
     reason: str
     pool_id: str | None = None
     job_id: str | None = None
+    share_target: int | None = None  # its job's, when known: a nonce above it was no share
 
 
-def _retired(reason: str, entry: WorkEntry) -> tuple[str, str, str]:
-    return reason, entry.job.pool_id, entry.job.notify.job_id
+def _retired(reason: str, entry: WorkEntry) -> tuple[str, str, str, int]:
+    return reason, entry.job.pool_id, entry.job.notify.job_id, entry.job.share_target
 
 
 class WorkSource:
@@ -141,7 +142,7 @@ class WorkSource:
         self._live: OrderedDict[int, WorkEntry] = OrderedDict()  # oldest first
         # id -> (reason, pool id, job id) until reuse: only what a late nonce's Stale names, so a
         # retired id does not keep its header and pool job alive (up to id_space of them)
-        self._retired: dict[int, tuple[str, str, str]] = {}
+        self._retired: dict[int, tuple[str, str, str, int]] = {}
         self._next_id = 0
         self._serial = 0
         self._layouts: OrderedDict[tuple[bytes, bytes, int], int] = OrderedDict()
