@@ -126,6 +126,9 @@ FAN_SAMPLE_S = 1.0  # the stock driver samples tach once per second
 FAN_PULSES_PER_REV = 2
 FAN_RPM_CAP = 6600  # the stock driver caps readings here (a glitch above is not a fan)
 FAN_DEAD_GRACE_S = 10.0  # 0 rpm at non-zero duty this long -> dead (stock: >10 failing checks)
+# an unchanged duty is written again after this long (undoes a PWM reset under us); the thermal
+# loop sets it every second, and each write opens the sysfs file anew
+FAN_PWM_REWRITE_S = 30.0
 FAN_BOOT_DUTY_PCT = 100.0  # boot sequence step 1: fans 100 % until temperatures are known
 
 LED_SLOW_PERIOD_S = 2.0  # stock status loop toggles once per second

@@ -398,6 +398,14 @@ def test_fans_pwm_and_tach_on_the_emulator(board: Board, emu: EmulatedPeripheral
     assert readings[1].rpm == pytest.approx(3600, rel=0.05)
     board.fans.set_duty(40)
     assert duty_file.read_text().strip() == "40000" and board.fans.read_duty() == 40.0
+    # the thermal loop sets the duty every second: an unchanged one is not written again
+    # (each write opens the sysfs file) until FAN_PWM_REWRITE_S has passed
+    duty_file.write_text("12345\n")  # a PWM reset under us
+    board.fans.set_duty(40)
+    assert duty_file.read_text().strip() == "12345"
+    board.fans._written_at -= D.FAN_PWM_REWRITE_S
+    board.fans.set_duty(40)
+    assert duty_file.read_text().strip() == "40000"
     emu.advance(1.0)
     after_one = board.sample_fans(emu.clock.now)[0].rpm
     for _ in range(10):
@@ -609,3 +617,33 @@ def test_emulated_bus_is_smbus_shaped() -> None:
     with pytest.raises(OSError) as e:
         bus.read_byte(0x77)
     assert e.value.errno == errno.EREMOTEIO
+
+
+def test_an_output_gpio_keeps_its_value_file_open_and_reopens_after_a_failure(
+    tmp_path: Path,
+) -> None:
+    """An LED blinks for as long as the agent runs: write() keeps the value file open rather
+    than opening it per write; a failed write names the line and the next one opens afresh."""
+    from agent.hardware.gpio import Gpio, GpioError
+
+    (tmp_path / "gpio7").mkdir()
+    value = tmp_path / "gpio7" / "value"
+    value.write_text("0\n")
+    g = Gpio(7, tmp_path, "led")
+    g.write(1)
+    assert value.read_text().strip() == "1"
+    fd = g._value_fd
+    g.write(0)
+    assert g._value_fd == fd and value.read_text().strip() == "0"
+    g.close()
+    (tmp_path / "gpio7" / "value").unlink()
+    (tmp_path / "gpio7").rmdir()  # unexported under us
+    with pytest.raises(GpioError, match=r"led \(gpio7\): write value=1"):
+        g.write(1)
+    assert g._value_fd is None
+    (tmp_path / "gpio7").mkdir()
+    value.write_text("0\n")  # exported again
+    g.write(1)
+    assert value.read_text().strip() == "1"
+    g.close()
+    g.close()

@@ -9,6 +9,7 @@ period is dead. The arithmetic is pure; Fans is the thin shell around the files.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,6 +145,8 @@ class Fans:
         self.dead_timers = [GraceTimer(grace_s) for _ in self.max_rpm]
         self.slow_timers = [GraceTimer(grace_s) for _ in self.max_rpm]
         self.duty_pct: float | None = None  # as last written
+        self._written_ns: int | None = None  # the duty file's value as last written, and when
+        self._written_at = 0.0
         self.errors = 0
         self._last: tuple[float, list[int]] | None = None
         self.readings: list[FanReading] = []
@@ -169,7 +172,17 @@ class Fans:
         self.set_duty(duty_pct)
 
     def set_duty(self, pct: float) -> None:
-        self._write(self.duty_file, duty_to_ns(pct, self.period_ns, self.inverted))
+        """Write the duty cycle. The thermal loop sets it every second and it rarely changes:
+        the same value is written again only after D.FAN_PWM_REWRITE_S (a PWM reset under us is
+        still undone), since each write opens the sysfs file anew."""
+        ns = duty_to_ns(pct, self.period_ns, self.inverted)
+        now = time.monotonic()
+        if ns == self._written_ns and now - self._written_at < D.FAN_PWM_REWRITE_S:
+            self.duty_pct = float(pct)
+            return
+        self._written_ns = None  # unknown until this write succeeds
+        self._write(self.duty_file, ns)
+        self._written_ns, self._written_at = ns, now
         self.duty_pct = float(pct)
 
     def read_duty(self) -> float:

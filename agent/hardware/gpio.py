@@ -5,6 +5,8 @@ plain folder with the same files: export, gpioN/direction, gpioN/value, gpioN/ed
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from pathlib import Path
 
@@ -26,6 +28,7 @@ class Gpio:
         self.base = Path(gpio_dir)
         self.path = self.base / f"gpio{number}"
         self.errors = 0
+        self._value_fd: int | None = None
 
     def __repr__(self) -> str:
         return f"Gpio({self.number}, {self.name!r})"
@@ -74,7 +77,26 @@ class Gpio:
         return int(text)
 
     def write(self, level: int | bool) -> None:
-        self._write("value", "1" if level else "0")
+        """Drive an output. The value file stays open: an LED blinks for as long as the agent
+        runs, and opening the sysfs file for each write cost more than the write."""
+        data = b"1" if level else b"0"
+        try:
+            if self._value_fd is None:
+                self._value_fd = os.open(self.path / "value", os.O_WRONLY | os.O_CLOEXEC)
+            os.pwrite(self._value_fd, data, 0)  # sysfs takes each write whole, from offset 0
+        except OSError as e:
+            self.close()  # opened afresh next time (a line unexported and exported again)
+            raise self._fail(f"write value={data.decode()}", e) from None
+
+    def close(self) -> None:
+        """Close the value file kept open by write(). Idempotent."""
+        fd, self._value_fd = self._value_fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
 
     def _read(self, leaf: str) -> str:
         try:
