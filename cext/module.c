@@ -49,24 +49,31 @@ static PyObject *usable_names(void)
     return list;
 }
 
-/* Copies an 80-byte header out of any bytes-like object; -1 with an error naming what was
- * wrong. Every entry point that takes a header uses it. */
-static int copy_header(PyObject *obj, uint8_t hdr[80])
+/* Copies exactly n bytes out of any bytes-like object; -1 with an error naming `name` and what
+ * was wrong: "<name> must be <size>, got <len>" or "<name> must be <kind>, not <type>". */
+static int copy_exact(PyObject *obj, uint8_t *out, Py_ssize_t n, const char *name,
+                      const char *size, const char *kind)
 {
     Py_buffer view;
     if (PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) < 0) {
-        PyErr_Format(PyExc_TypeError, "header must be a bytes-like object, not %.100s",
+        PyErr_Format(PyExc_TypeError, "%s must be %s, not %.100s", name, kind,
                      Py_TYPE(obj)->tp_name);
         return -1;
     }
-    if (view.len != 80) {
-        PyErr_Format(PyExc_ValueError, "header must be 80 bytes, got %zd", view.len);
+    if (view.len != n) {
+        PyErr_Format(PyExc_ValueError, "%s must be %s, got %zd", name, size, view.len);
         PyBuffer_Release(&view);
         return -1;
     }
-    memcpy(hdr, view.buf, 80);
+    memcpy(out, view.buf, (size_t)n);
     PyBuffer_Release(&view);
     return 0;
+}
+
+/* An 80-byte header: every entry point that takes one uses this. */
+static int copy_header(PyObject *obj, uint8_t hdr[80])
+{
+    return copy_exact(obj, hdr, 80, "header", "80 bytes", "a bytes-like object");
 }
 
 static PyObject *py_pow_hash(PyObject *self, PyObject *arg)
@@ -351,21 +358,9 @@ static PyObject *verifier_submit(VerifierObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OO|O:submit", &hobj, &tobj, &uobj) || !verifier_open(self))
         return NULL;
     uint8_t urgent[32];
-    if (uobj != Py_None) {
-        Py_buffer u;
-        if (PyObject_GetBuffer(uobj, &u, PyBUF_SIMPLE) < 0)
-            return PyErr_Format(PyExc_TypeError,
-                                "urgent_target must be 32 little-endian bytes or None, not "
-                                "%.100s", Py_TYPE(uobj)->tp_name);
-        int bad = u.len != 32;
-        if (!bad)
-            memcpy(urgent, u.buf, 32);
-        Py_ssize_t len = u.len;
-        PyBuffer_Release(&u);
-        if (bad)
-            return PyErr_Format(PyExc_ValueError,
-                                "urgent_target must be 32 little-endian bytes, got %zd", len);
-    }
+    if (uobj != Py_None && copy_exact(uobj, urgent, 32, "urgent_target", "32 little-endian bytes",
+                                      "32 little-endian bytes or None") < 0)
+        return NULL;
     if (!PyLong_Check(tobj))
         return PyErr_Format(PyExc_TypeError, "tag must be an int, not %.100s",
                             Py_TYPE(tobj)->tp_name);

@@ -402,7 +402,7 @@ def test_temperatures_follow_the_thermal_hook_and_bad_readings_are_unknown() -> 
     run(main())
 
 
-def test_poll_replies_are_read_in_slices_and_none_is_lost() -> None:
+def test_poll_replies_are_read_as_a_whole_and_none_is_lost() -> None:
     """A HASHRATE poll brings 72 replies over 44 ms of line time; the UART hands them over a few
     bytes at a time. The chain reads the first, then the rest once the line time has passed (a
     wake-up of the loop costs more CPU than decoding), and still hears every chip at every poll."""

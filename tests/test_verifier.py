@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import select
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -120,8 +121,6 @@ def test_a_lazy_verifier_wakes_for_a_share_at_once_and_for_the_rest_when_asked()
 
 
 def test_a_lazy_result_wakes_the_loop_once_it_is_due() -> None:
-    import time
-
     v = scrypt.Verifier(1, 0.05)
     try:
         t0 = time.monotonic()

@@ -201,7 +201,7 @@ class Chain:
         self._flush_handle: asyncio.TimerHandle | None = None
         self._work_timer: asyncio.TimerHandle | None = None
         self._work_deadline = 0.0  # loop time at which the current work is used up
-        self._verifier: NonceVerifier[tuple[ChipStats, int, bytes, Work]] | None = None
+        self._verifier: NonceVerifier[tuple[ChipStats, int, int, bytes, Work]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._booting = False
 
@@ -957,7 +957,7 @@ class Chain:
             return
         try:
             header80 = work.header76 + r.nonce.to_bytes(4, "little")
-            self._verifier.submit(header80, (chip, r.work_id, header80, work), work.target)
+            self._verifier.submit(header80, (chip, r.work_id, r.nonce, header80, work), work.target)
         except OverflowError as e:  # the hashing threads are far behind: say so, once a nonce
             self.unverified += 1
             self._event("verify_overflow", chip.index, f"nonce {r.nonce:#010x} dropped: {e}")
@@ -967,10 +967,9 @@ class Chain:
         self.stale += 1
         self._event("stale", chip.index, f"nonce {nonce:#010x} of retired work id {slot}")
 
-    def _verified(self, item: tuple[ChipStats, int, bytes, Work], h: bytes) -> None:
+    def _verified(self, item: tuple[ChipStats, int, int, bytes, Work], h: bytes) -> None:
         """A nonce's scrypt hash, back from the verifier's thread, on the loop."""
-        chip, slot, header80, work = item
-        nonce = int.from_bytes(header80[76:], "little")
+        chip, slot, nonce, header80, work = item
         if not scrypt.hash_meets(h, self.ticket_target):
             if chip.disabled:  # gated while it was being verified
                 chip.gated_nonces += 1

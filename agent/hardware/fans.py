@@ -177,12 +177,10 @@ class Fans:
         still undone), since each write opens the sysfs file anew."""
         ns = duty_to_ns(pct, self.period_ns, self.inverted)
         now = time.monotonic()
-        if ns == self._written_ns and now - self._written_at < D.FAN_PWM_REWRITE_S:
-            self.duty_pct = float(pct)
-            return
-        self._written_ns = None  # unknown until this write succeeds
-        self._write(self.duty_file, ns)
-        self._written_ns, self._written_at = ns, now
+        if ns != self._written_ns or now - self._written_at >= D.FAN_PWM_REWRITE_S:
+            self._written_ns = None  # unknown until this write succeeds
+            self._write(self.duty_file, ns)
+            self._written_ns, self._written_at = ns, now
         self.duty_pct = float(pct)
 
     def read_duty(self) -> float:
